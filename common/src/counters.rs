@@ -1,0 +1,53 @@
+//! Counter layout. All counter maps are per-CPU arrays of [`Counter`]; userspace sums
+//! the per-CPU values.
+//!
+//! - `RULE_STATS[rule_id]`: packets/bytes allowed by each rule (rule 0 is unused).
+//! - `REASON_STATS[dir * REASON_MAX + reason]`: every packet, keyed by the reason of its
+//!   verdict (see [`crate::verdict`]) and its direction.
+//! - `ACTION_STATS[action]`: what actually happened to the packet (pass, drop, or pass
+//!   in audit mode although the policy would drop it).
+
+/// A packet and byte counter. Per-CPU, so updates need no atomics.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    /// Sum of two counters, saturating (a counter never wraps into a small number).
+    #[must_use]
+    pub const fn add(self, other: Self) -> Self {
+        Self {
+            packets: self.packets.saturating_add(other.packets),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
+}
+
+/// Size of `RULE_STATS`. Rule ids are `1..MAX_RULES`.
+pub const MAX_RULES: u32 = 16384;
+
+/// Number of directions in `REASON_STATS`.
+pub const DIR_MAX: u32 = 2;
+/// Traffic leaving the protected network (lookup by destination).
+pub const DIR_EGRESS: u8 = 0;
+/// Traffic entering the protected network (lookup by source).
+pub const DIR_INGRESS: u8 = 1;
+
+/// Index into `REASON_STATS`.
+#[must_use]
+pub const fn reason_index(dir: u8, reason: u8) -> u32 {
+    (dir as u32) * crate::verdict::REASON_MAX + (reason as u32)
+}
+
+/// Size of `REASON_STATS`.
+pub const REASON_STATS_LEN: u32 = DIR_MAX * crate::verdict::REASON_MAX;
+
+/// Indices of `ACTION_STATS`.
+pub const ACTION_PASS: u32 = 0;
+pub const ACTION_DROP: u32 = 1;
+/// Audit mode: the policy would have dropped the packet, but it was passed.
+pub const ACTION_AUDIT_PASS: u32 = 2;
+pub const ACTION_MAX: u32 = 3;

@@ -1,0 +1,42 @@
+//! Types shared by the tagwall datapath (eBPF, `no_std`) and the control daemon.
+//!
+//! Everything here is `#[repr(C)]` plain data: these structs *are* the map ABI. Field
+//! order and padding are explicit so both sides agree byte for byte; booleans are `u8`
+//! or `u32` flags, never `bool`. Userspace gets `aya::Pod` impls with the `user`
+//! feature.
+#![no_std]
+
+pub mod counters;
+pub mod policy;
+pub mod verdict;
+
+/// Names of the maps and programs in the eBPF object. Userspace looks them up by these
+/// names, so they are the single source of truth for both sides.
+pub mod names {
+    pub const PROG_XDP: &str = "tagwall_xdp";
+    pub const MAP_POLICY_V4: &str = "POLICY_V4";
+    pub const MAP_POLICY_V6: &str = "POLICY_V6";
+    pub const MAP_PORT_SETS: &str = "PORT_SETS";
+    pub const MAP_CONFIG: &str = "CONFIG";
+    pub const MAP_RULE_STATS: &str = "RULE_STATS";
+    pub const MAP_REASON_STATS: &str = "REASON_STATS";
+    pub const MAP_ACTION_STATS: &str = "ACTION_STATS";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use crate::{
+        counters::Counter,
+        policy::{Config, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortRule, PortSet},
+    };
+
+    // SAFETY: all of these are #[repr(C)] structs made only of integers and integer
+    // arrays, with explicit padding fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for PolicyKeyV4 {}
+    unsafe impl aya::Pod for PolicyKeyV6 {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for PortSet {}
+    unsafe impl aya::Pod for Config {}
+}

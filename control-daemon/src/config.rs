@@ -1,0 +1,334 @@
+//! The policy/config file (TOML). Unknown keys, bad CIDRs, protocols or ports are
+//! errors that name the file, line and field; a file with any error applies nothing.
+//!
+//! ```toml
+//! audit = false                      # true: count would-be drops, pass them
+//!
+//! [management]                       # always-allow, so nobody locks themselves out
+//! ssh_port = 22                      # TCP to the gateway's own addresses
+//! gateway_addresses = []             # default: the addresses of --iface
+//! azure_platform = true              # 168.63.129.16, 169.254.169.254 (any port)
+//! ipv6_neighbor_discovery = true     # ICMPv6 to fe80::/10 and ff02::/16
+//! dhcp = true                        # UDP 67 to 255.255.255.255
+//!
+//! [[rules]]
+//! name = "web"
+//! to = ["203.0.113.0/24", "2001:db8::/32"]
+//! protocol = "tcp"                   # any | tcp | udp | icmp | icmpv6 | 1-255
+//! ports = [443, "8000-8080"]         # omitted: any port
+//! ```
+
+use std::{net::IpAddr, path::Path};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::rules::{Direction, PortRange, Proto, Rule};
+
+/// Management allowances. Written by hand: every field has a commented default.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Management {
+    /// TCP port of SSH on the gateway itself; 0 disables the allowance.
+    pub ssh_port: u16,
+    /// The gateway's own addresses (SSH target). Empty: those of the attached interface.
+    pub gateway_addresses: Vec<IpAddr>,
+    /// Azure platform: 168.63.129.16 (DNS, DHCP, health probes) and 169.254.169.254
+    /// (instance metadata), any protocol and port.
+    pub azure_platform: bool,
+    /// ICMPv6 to link-local and link-scope multicast (neighbor discovery).
+    pub ipv6_neighbor_discovery: bool,
+    /// DHCP requests (UDP 67 to the broadcast address).
+    pub dhcp: bool,
+}
+
+impl Default for Management {
+    fn default() -> Self {
+        Self {
+            // SSH is how operators reach a gateway VM; keep it open by default.
+            ssh_port: 22,
+            // Filled from the interface at attach time.
+            gateway_addresses: Vec::new(),
+            // Without 168.63.129.16 an Azure VM loses DNS, DHCP and health probes.
+            azure_platform: true,
+            // Without neighbor discovery IPv6 stops working on the link.
+            ipv6_neighbor_discovery: true,
+            dhcp: true,
+        }
+    }
+}
+
+/// A user rule as written in the file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserRule {
+    pub name: String,
+    pub to: Vec<IpNet>,
+    #[serde(default = "any_proto")]
+    pub protocol: Proto,
+    #[serde(default = "any_ports")]
+    pub ports: Vec<PortRange>,
+}
+
+fn any_proto() -> Proto {
+    Proto::ANY
+}
+
+fn any_ports() -> Vec<PortRange> {
+    vec![PortRange::ANY]
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub audit: bool,
+    pub management: Management,
+    pub rules: Vec<UserRule>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Parse and validate a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, and for syntax or field errors the line,
+    /// column and field.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate config text; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// See [`Config::load`].
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
+        let cfg: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in cfg.rules.iter().enumerate() {
+            let at = format!("rules[{i}] (name {:?})", r.name);
+            if r.name.trim().is_empty() {
+                return Err(invalid(format!("{at}: `name` must not be empty")));
+            }
+            if !seen.insert(r.name.as_str()) {
+                return Err(invalid(format!("{at}: duplicate rule name")));
+            }
+            if r.to.is_empty() {
+                return Err(invalid(format!("{at}: `to` lists no destinations")));
+            }
+            if r.ports.is_empty() {
+                return Err(invalid(format!(
+                    "{at}: `ports` is empty; omit it for any port"
+                )));
+            }
+            if !r.protocol.has_ports() && r.ports.iter().any(|p| !p.is_any()) {
+                return Err(invalid(format!(
+                    "{at}: protocol {} has no ports; remove `ports` or use tcp/udp",
+                    r.protocol
+                )));
+            }
+            for net in &r.to {
+                if net.trunc() != *net {
+                    return Err(invalid(format!(
+                        "{at}: {net} has host bits set; did you mean {}?",
+                        net.trunc()
+                    )));
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Resolve into rules: management allowances first (ids from 1), then user rules.
+    /// `iface_addrs` are the attached interface's addresses, used when
+    /// `management.gateway_addresses` is empty.
+    #[must_use]
+    pub fn to_rules(&self, iface_addrs: &[IpAddr]) -> Vec<Rule> {
+        let mut rules = management_rules(&self.management, iface_addrs);
+        for r in &self.rules {
+            rules.push(Rule {
+                id: 0,
+                name: format!("user:{}", r.name),
+                direction: Direction::Outbound,
+                prefixes: r.to.clone(),
+                proto: r.protocol,
+                ports: r.ports.clone(),
+                origin: "config [[rules]]".to_owned(),
+            });
+        }
+        for (i, r) in rules.iter_mut().enumerate() {
+            r.id = u32::try_from(i + 1).expect("rule count fits u32");
+        }
+        rules
+    }
+}
+
+fn host(a: IpAddr) -> IpNet {
+    IpNet::from(a)
+}
+
+fn mgmt(name: &str, prefixes: Vec<IpNet>, proto: Proto, ports: Vec<PortRange>, why: &str) -> Rule {
+    Rule {
+        id: 0,
+        name: format!("mgmt:{name}"),
+        direction: Direction::Outbound,
+        prefixes,
+        proto,
+        ports,
+        origin: format!("management allowance: {why}"),
+    }
+}
+
+/// The always-allow rules for management traffic.
+#[must_use]
+pub fn management_rules(m: &Management, iface_addrs: &[IpAddr]) -> Vec<Rule> {
+    let mut out = Vec::new();
+    let gw: Vec<IpAddr> = if m.gateway_addresses.is_empty() {
+        iface_addrs.to_vec()
+    } else {
+        m.gateway_addresses.clone()
+    };
+    if m.ssh_port != 0 && !gw.is_empty() {
+        out.push(mgmt(
+            "ssh",
+            gw.into_iter().map(host).collect(),
+            Proto::TCP,
+            vec![PortRange::single(m.ssh_port)],
+            "SSH to the gateway itself",
+        ));
+    }
+    if m.azure_platform {
+        out.push(mgmt(
+            "azure-platform",
+            vec!["168.63.129.16/32".parse().expect("literal"), "169.254.169.254/32".parse().expect("literal")],
+            Proto::ANY,
+            vec![PortRange::ANY],
+            "Azure platform DNS/DHCP/health (168.63.129.16) and instance metadata (169.254.169.254)",
+        ));
+    }
+    if m.ipv6_neighbor_discovery {
+        out.push(mgmt(
+            "ipv6-nd",
+            vec![
+                "fe80::/10".parse().expect("literal"),
+                "ff02::/16".parse().expect("literal"),
+            ],
+            Proto::ICMPV6,
+            vec![PortRange::ANY],
+            "IPv6 neighbor discovery",
+        ));
+    }
+    if m.dhcp {
+        out.push(mgmt(
+            "dhcp",
+            vec!["255.255.255.255/32".parse().expect("literal")],
+            Proto::UDP,
+            vec![PortRange::single(67)],
+            "DHCP requests",
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_full_file() {
+        let c = Config::parse(
+            r#"
+audit = true
+[management]
+ssh_port = 2222
+[[rules]]
+name = "web"
+to = ["203.0.113.0/24", "2001:db8::/32"]
+protocol = "tcp"
+ports = [443, "8000-8080"]
+[[rules]]
+name = "ping"
+to = ["198.51.100.1/32"]
+protocol = "icmp"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert!(c.audit);
+        assert_eq!(c.management.ssh_port, 2222);
+        assert_eq!(
+            c.rules[0].ports,
+            vec![PortRange::single(443), PortRange { lo: 8000, hi: 8080 }]
+        );
+        assert_eq!(c.rules[1].ports, vec![PortRange::ANY]);
+        let rules = c.to_rules(&["10.0.0.4".parse().unwrap()]);
+        let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "mgmt:ssh",
+                "mgmt:azure-platform",
+                "mgmt:ipv6-nd",
+                "mgmt:dhcp",
+                "user:web",
+                "user:ping"
+            ]
+        );
+        assert_eq!(
+            rules.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 6]
+        );
+    }
+
+    #[test]
+    fn bad_input_names_file_line_and_field() {
+        let e = err("[[rules]]\nname = \"a\"\nto = [\"10.0.0.0/33\"]\n");
+        assert!(
+            e.contains("t.toml") && e.contains("line 3") && e.contains("to"),
+            "{e}"
+        );
+        let e = err("[[rules]]\nname = \"a\"\nto = [\"10.0.0.0/8\"]\nports = [70000]\n");
+        assert!(e.contains("line 4") && e.contains("70000"), "{e}");
+        let e = err("[[rules]]\nname = \"a\"\nto = [\"10.0.0.0/8\"]\nprotocol = \"tcpp\"\n");
+        assert!(
+            e.contains("line 4") && e.contains("unknown protocol"),
+            "{e}"
+        );
+        let e = err("audit = true\nbogus = 1\n");
+        assert!(e.contains("line 2") && e.contains("bogus"), "{e}");
+        let e = err("[[rules]]\nname = \"a\"\nto = [\"10.0.0.1/8\"]\n");
+        assert!(e.contains("host bits") && e.contains("10.0.0.0/8"), "{e}");
+        let e = err(
+            "[[rules]]\nname = \"a\"\nto = [\"10.0.0.0/8\"]\nprotocol = \"icmp\"\nports = [1]\n",
+        );
+        assert!(e.contains("has no ports"), "{e}");
+        let e = err("[[rules]]\nname = \"a\"\nto = []\n");
+        assert!(e.contains("no destinations"), "{e}");
+        let e = err(
+            "[[rules]]\nname = \"a\"\nto = [\"10.0.0.0/8\"]\n[[rules]]\nname = \"a\"\nto = [\"10.0.0.0/8\"]\n",
+        );
+        assert!(e.contains("duplicate"), "{e}");
+    }
+}

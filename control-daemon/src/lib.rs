@@ -1,0 +1,12 @@
+//! tagwall control daemon library: everything the `tagwall` binary does, usable from
+//! tests and benchmarks.
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod cli;
+pub mod compile;
+pub mod config;
+pub mod dataplane;
+pub mod netif;
+pub mod reference;
+pub mod rules;
+pub mod state;

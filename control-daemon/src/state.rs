@@ -1,0 +1,114 @@
+//! Where tagwall keeps its state: maps pinned in bpffs, and a JSON file describing the
+//! applied policy (rule ids and names) so other commands can label counters.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rules::Rule;
+
+/// Default bpffs mount.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/run/tagwall";
+
+/// Paths for one attached interface.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub pin_dir: PathBuf,
+    pub state_file: PathBuf,
+}
+
+impl Paths {
+    #[must_use]
+    pub fn new(bpffs: &Path, state_dir: &Path, iface: &str) -> Self {
+        Self {
+            pin_dir: bpffs.join("tagwall").join(iface),
+            state_file: state_dir.join(iface).join("policy.json"),
+        }
+    }
+}
+
+/// The applied policy, as recorded for other commands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyState {
+    pub iface: String,
+    pub generation: u32,
+    pub audit: bool,
+    pub rules: Vec<Rule>,
+}
+
+impl PolicyState {
+    /// Write atomically (temp file + rename).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// # Errors
+    /// I/O or JSON errors.
+    pub fn load(path: &Path) -> std::io::Result<Self> {
+        let bytes = std::fs::read(path)?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}
+
+/// Is `dir` on a bpffs mount?
+#[must_use]
+pub fn is_bpffs(dir: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as i64;
+    magic == BPF_FS_MAGIC
+}
+
+/// Mount bpffs at `dir` if it is not one already.
+///
+/// # Errors
+/// The mount error, with what to do.
+pub fn ensure_bpffs(dir: &Path) -> Result<(), String> {
+    if is_bpffs(dir) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("bad path {}", dir.display()))?;
+    // SAFETY: valid C strings; mounting needs CAP_SYS_ADMIN.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "{} is not bpffs and mounting it failed ({}); run as root or mount it: \
+             mount -t bpf bpf {}",
+            dir.display(),
+            std::io::Error::last_os_error(),
+            dir.display()
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Load the real datapath, apply rules, run frames through it with
+//! BPF_PROG_TEST_RUN, and observe each verdict through the counters it records.
+
+use aya::programs::{TestRun, TestRunOptions};
+use tagwall::{
+    compile::compile,
+    dataplane::{Counters, Dataplane, LoadOptions},
+    rules::Rule,
+};
+use tagwall_common::{
+    counters::{ACTION_AUDIT_PASS, ACTION_DROP, ACTION_PASS, DIR_MAX},
+    policy::DEFAULT_SETS_PER_SLOT,
+    verdict::ALL_REASONS,
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// What one packet did, as the datapath reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// XDP return code.
+    pub action: u32,
+    /// The reason whose counter moved (exactly one must).
+    pub reason: u8,
+    /// The rule whose counter moved (0: none).
+    pub rule_id: u32,
+    /// Which ACTION_STATS slot moved.
+    pub action_slot: u32,
+}
+
+pub struct Harness {
+    pub dp: Dataplane,
+    pub rules: Vec<Rule>,
+    ids: Vec<u32>,
+}
+
+impl Harness {
+    /// Load a fresh (unpinned) datapath with `rules` applied.
+    ///
+    /// # Panics
+    /// On any load/compile/apply failure.
+    #[must_use]
+    pub fn new(rules: Vec<Rule>, audit: bool) -> Self {
+        crate::netns::require_root();
+        let mut dp = Dataplane::load(&LoadOptions::default()).expect("load datapath");
+        let policy = compile(&rules, DEFAULT_SETS_PER_SLOT as usize).expect("compile");
+        dp.apply(&policy, audit).expect("apply");
+        let ids = rules.iter().map(|r| r.id).collect();
+        Self { dp, rules, ids }
+    }
+
+    /// Replace the policy (same datapath, slot switch).
+    pub fn reapply(&mut self, rules: Vec<Rule>, audit: bool) {
+        let policy = compile(&rules, DEFAULT_SETS_PER_SLOT as usize).expect("compile");
+        self.dp.apply(&policy, audit).expect("apply");
+        self.ids = rules.iter().map(|r| r.id).collect();
+        self.rules = rules;
+    }
+
+    fn snapshot(&self) -> Counters {
+        self.dp
+            .counters_for(self.ids.iter().copied())
+            .expect("read counters")
+    }
+
+    /// Run one frame through the program (repeat = 1).
+    ///
+    /// # Panics
+    /// If the test run fails, or the counters do not show exactly one reason and at
+    /// most one rule moving by one packet of the frame's length.
+    pub fn run(&mut self, frame: &[u8]) -> Observed {
+        let before = self.snapshot();
+        let ret = self
+            .dp
+            .xdp()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value;
+        let after = self.snapshot();
+        let len = frame.len() as u64;
+        let mut reasons = Vec::new();
+        for dir in 0..u8::try_from(DIR_MAX).expect("small") {
+            for r in ALL_REASONS {
+                let (b, a) = (before.reason(dir, r), after.reason(dir, r));
+                if a != b {
+                    assert_eq!(
+                        (a.packets - b.packets, a.bytes - b.bytes),
+                        (1, len),
+                        "reason {r} moved oddly"
+                    );
+                    reasons.push(r);
+                }
+            }
+        }
+        assert_eq!(
+            reasons.len(),
+            1,
+            "exactly one reason counter must move, moved: {reasons:?}"
+        );
+        let mut rules = Vec::new();
+        for id in &self.ids {
+            let (b, a) = (before.rule(*id), after.rule(*id));
+            if a != b {
+                assert_eq!(
+                    (a.packets - b.packets, a.bytes - b.bytes),
+                    (1, len),
+                    "rule {id} moved oddly"
+                );
+                rules.push(*id);
+            }
+        }
+        assert!(
+            rules.len() <= 1,
+            "at most one rule counter may move: {rules:?}"
+        );
+        let mut slots = Vec::new();
+        for slot in [ACTION_PASS, ACTION_DROP, ACTION_AUDIT_PASS] {
+            if after.actions[slot as usize] != before.actions[slot as usize] {
+                slots.push(slot);
+            }
+        }
+        assert_eq!(
+            slots.len(),
+            1,
+            "exactly one action counter must move: {slots:?}"
+        );
+        Observed {
+            action: ret,
+            reason: reasons[0],
+            rule_id: rules.first().copied().unwrap_or(0),
+            action_slot: slots[0],
+        }
+    }
+}
