@@ -8,7 +8,7 @@
 //! ssh_port = 22                      # TCP to the gateway's own addresses
 //! gateway_addresses = []             # default: the addresses of --iface
 //! azure_platform = true              # 168.63.129.16, 169.254.169.254 (any port)
-//! ipv6_neighbor_discovery = true     # ICMPv6 to fe80::/10 and ff02::/16
+//! ipv6_neighbor_discovery = true     # ICMPv6 to fe80::/10, ff02::/16 and the gateway itself
 //! dhcp = true                        # UDP 67 to 255.255.255.255
 //!
 //! [[rules]]
@@ -209,7 +209,7 @@ pub fn management_rules(m: &Management, iface_addrs: &[IpAddr]) -> Vec<Rule> {
     if m.ssh_port != 0 && !gw.is_empty() {
         out.push(mgmt(
             "ssh",
-            gw.into_iter().map(host).collect(),
+            gw.iter().copied().map(host).collect(),
             Proto::TCP,
             vec![PortRange::single(m.ssh_port)],
             "SSH to the gateway itself",
@@ -225,12 +225,17 @@ pub fn management_rules(m: &Management, iface_addrs: &[IpAddr]) -> Vec<Rule> {
         ));
     }
     if m.ipv6_neighbor_discovery {
+        // Neighbor advertisements answer the gateway's solicitations at the address
+        // it solicited from, which may be a global one: allow ICMPv6 to the gateway's
+        // own IPv6 addresses too, or the gateway could not resolve its clients.
+        let mut prefixes: Vec<IpNet> = vec![
+            "fe80::/10".parse().expect("literal"),
+            "ff02::/16".parse().expect("literal"),
+        ];
+        prefixes.extend(gw.iter().filter(|a| a.is_ipv6()).copied().map(host));
         out.push(mgmt(
             "ipv6-nd",
-            vec![
-                "fe80::/10".parse().expect("literal"),
-                "ff02::/16".parse().expect("literal"),
-            ],
+            prefixes,
             Proto::ICMPV6,
             vec![PortRange::ANY],
             "IPv6 neighbor discovery",

@@ -2,5 +2,6 @@
 //! harness, and network-namespace guards. The tests themselves are in `tests/tests/`.
 
 pub mod harness;
+pub mod lab;
 pub mod netns;
 pub mod pkt;

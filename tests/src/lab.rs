@@ -1,0 +1,392 @@
+//! A small lab of network namespaces, shared by the end-to-end test and the demo:
+//!
+//! ```text
+//!  client ──veth── gateway (tagwall XDP on its client-facing veth) ──veth── inet-a
+//!                                                                └─veth── inet-b
+//! ```
+//!
+//! The gateway forwards; tagwall runs there as the real `tagwall` binary with a
+//! private bpffs and state directory. Echo servers and probes use real sockets opened
+//! inside the namespaces. Everything is removed on drop.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::netns::{Bpffs, ChildGuard, Netns, unique, veth, wait_for};
+
+pub const CLIENT_V4: &str = "10.77.1.2";
+pub const GW_V4: &str = "10.77.1.1";
+pub const INET_A_V4: &str = "10.77.2.2";
+pub const INET_B_V4: &str = "10.77.3.2";
+pub const CLIENT_V6: &str = "fd77:1::2";
+pub const GW_V6: &str = "fd77:1::1";
+pub const INET_A_V6: &str = "fd77:2::2";
+pub const INET_B_V6: &str = "fd77:3::2";
+
+/// A directory removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    #[must_use]
+    pub fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+pub struct Lab {
+    // Field order is drop order: daemons and sockets go before the namespaces.
+    pub client: Netns,
+    pub gw: Netns,
+    pub inet_a: Netns,
+    pub inet_b: Netns,
+    /// The gateway's client-facing interface, where tagwall attaches.
+    pub gw_in: String,
+    pub bpffs: Bpffs,
+    pub dir: TempDir,
+}
+
+impl Lab {
+    /// Build the namespaces, links, addresses and routes; IPv4 and IPv6 forwarding on
+    /// the gateway.
+    #[must_use]
+    pub fn new() -> Self {
+        crate::netns::require_root();
+        let (client, gw, inet_a, inet_b) = (
+            Netns::new("c"),
+            Netns::new("g"),
+            Netns::new("a"),
+            Netns::new("b"),
+        );
+        let (c0, gw_in) = (unique("c0"), unique("gi"));
+        let (ga, a0) = (unique("ga"), unique("a0"));
+        let (gb, b0) = (unique("gb"), unique("b0"));
+        veth(
+            &client,
+            &c0,
+            &[&format!("{CLIENT_V4}/24"), &format!("{CLIENT_V6}/64")],
+            &gw,
+            &gw_in,
+            &[&format!("{GW_V4}/24"), &format!("{GW_V6}/64")],
+        );
+        veth(
+            &gw,
+            &ga,
+            &["10.77.2.1/24", "fd77:2::1/64"],
+            &inet_a,
+            &a0,
+            &[&format!("{INET_A_V4}/24"), &format!("{INET_A_V6}/64")],
+        );
+        veth(
+            &gw,
+            &gb,
+            &["10.77.3.1/24", "fd77:3::1/64"],
+            &inet_b,
+            &b0,
+            &[&format!("{INET_B_V4}/24"), &format!("{INET_B_V6}/64")],
+        );
+        client.ip(&["route", "add", "default", "via", GW_V4]);
+        client.ip(&["-6", "route", "add", "default", "via", GW_V6]);
+        inet_a.ip(&["route", "add", "default", "via", "10.77.2.1"]);
+        inet_a.ip(&["-6", "route", "add", "default", "via", "fd77:2::1"]);
+        inet_b.ip(&["route", "add", "default", "via", "10.77.3.1"]);
+        inet_b.ip(&["-6", "route", "add", "default", "via", "fd77:3::1"]);
+        gw.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        gw.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        Self {
+            client,
+            gw,
+            inet_a,
+            inet_b,
+            gw_in,
+            bpffs: Bpffs::new(),
+            dir: TempDir::new("lab"),
+        }
+    }
+
+    /// Write a policy file into the lab directory.
+    #[must_use]
+    pub fn write_policy(&self, name: &str, toml: &str) -> PathBuf {
+        let p = self.dir.path.join(name);
+        std::fs::write(&p, toml).expect("write policy");
+        p
+    }
+
+    fn location_args(&self) -> Vec<String> {
+        vec![
+            "--iface".into(),
+            self.gw_in.clone(),
+            "--bpffs".into(),
+            self.bpffs.path.display().to_string(),
+            "--state-dir".into(),
+            self.dir.path.join("state").display().to_string(),
+        ]
+    }
+
+    /// Start `tagwall run` in the gateway namespace and wait until it has attached.
+    ///
+    /// # Panics
+    /// If it exits or does not attach within 30 s (its log is in the message).
+    #[must_use]
+    pub fn start_tagwall(&self, policy: &Path, extra: &[&str]) -> Daemon {
+        let log = self.dir.path.join(format!("{}.log", unique("d")));
+        let mut cmd = self.gw.cmd(tagwall_bin().to_str().expect("utf-8 path"));
+        cmd.arg("run")
+            .args(self.location_args())
+            .arg("--policy")
+            .arg(policy)
+            .args(extra)
+            .env("TAGWALL_LOG", "info");
+        let mut guard = ChildGuard::spawn(cmd, &log);
+        let attached = wait_for(Duration::from_secs(30), || {
+            if let Some(st) = guard.exited() {
+                panic!(
+                    "tagwall run exited early ({st}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|s| s.contains("XDP attached"))
+        });
+        assert!(
+            attached.is_some(),
+            "tagwall did not attach within 30 s:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Daemon { guard, log }
+    }
+
+    /// Run a `tagwall` subcommand that takes the location flags (e.g. `counters`).
+    #[must_use]
+    pub fn tagwall(&self, verb: &str, extra: &[&str]) -> std::process::Output {
+        let out = Command::new(tagwall_bin())
+            .arg(verb)
+            .args(self.location_args())
+            .args(extra)
+            .output()
+            .expect("spawn tagwall");
+        assert!(
+            out.status.success(),
+            "tagwall {verb} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `tagwall counters --format json`, parsed.
+    #[must_use]
+    pub fn counters(&self) -> serde_json::Value {
+        let out = self.tagwall("counters", &["--format", "json"]);
+        serde_json::from_slice(&out.stdout).expect("counters JSON")
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `tagwall run`.
+pub struct Daemon {
+    pub guard: ChildGuard,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// SIGTERM; returns its log. Panics if it does not exit cleanly.
+    pub fn stop(mut self) -> String {
+        let st = self.guard.terminate(Duration::from_secs(10));
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        match st {
+            Some(st) if st.success() => log,
+            other => panic!("tagwall did not stop cleanly ({other:?}):\n{log}"),
+        }
+    }
+}
+
+/// The `tagwall` binary, built on demand by cargo (a no-op when up to date), so the
+/// test always drives the current code.
+#[must_use]
+pub fn tagwall_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("TAGWALL_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let out = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "tagwall", "--bin", "tagwall"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .args(["--message-format", "json"])
+            .output()
+            .expect("spawn cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build -p tagwall failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "tagwall")
+            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no tagwall executable")
+    })
+    .clone()
+}
+
+/// A server thread stopped and joined on drop.
+pub struct Server {
+    pub addr: SocketAddr,
+    /// Connections accepted (TCP) or datagrams received (UDP).
+    pub hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// TCP echo server on `addr` inside `ns`.
+#[must_use]
+pub fn tcp_echo(ns: &Netns, addr: SocketAddr) -> Server {
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind tcp"));
+    listener.set_nonblocking(true).expect("nonblocking");
+    let (stop, hits) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (s, h) = (stop.clone(), hits.clone());
+    let thread = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    h.fetch_add(1, Ordering::Relaxed);
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut buf = [0u8; 2048];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    Server {
+        addr,
+        hits,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+/// UDP echo server on `addr` inside `ns`.
+#[must_use]
+pub fn udp_echo(ns: &Netns, addr: SocketAddr) -> Server {
+    let sock = ns.run(move || UdpSocket::bind(addr).expect("bind udp"));
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let (stop, hits) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (s, h) = (stop.clone(), hits.clone());
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !s.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                h.fetch_add(1, Ordering::Relaxed);
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    Server {
+        addr,
+        hits,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+/// Connect from `ns`, send a line, expect it echoed. `Err` says what failed.
+///
+/// # Errors
+/// Connection refused/timed out, or a wrong echo.
+pub fn tcp_exchange(ns: &Netns, to: SocketAddr, timeout: Duration) -> Result<(), String> {
+    ns.run(move || {
+        let mut s =
+            TcpStream::connect_timeout(&to, timeout).map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        let msg = b"hello through tagwall\n";
+        s.write_all(msg).map_err(|e| format!("write {to}: {e}"))?;
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back)
+            .map_err(|e| format!("read {to}: {e}"))?;
+        if back == msg {
+            Ok(())
+        } else {
+            Err(format!("bad echo from {to}: {back:?}"))
+        }
+    })
+}
+
+/// Send `count` datagrams of `len` bytes from `ns`; returns how many echoes came back.
+#[must_use]
+pub fn udp_exchange(
+    ns: &Netns,
+    to: SocketAddr,
+    count: usize,
+    len: usize,
+    timeout: Duration,
+) -> usize {
+    ns.run(move || {
+        let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .expect("literal");
+        let s = UdpSocket::bind(bind).expect("bind client udp");
+        s.set_read_timeout(Some(timeout)).expect("timeout");
+        let payload = vec![0x5a; len];
+        let mut echoed = 0;
+        for _ in 0..count {
+            s.send_to(&payload, to).expect("send_to");
+            let mut buf = [0u8; 2048];
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                echoed += usize::from(n == len);
+            }
+        }
+        echoed
+    })
+}
