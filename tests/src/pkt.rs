@@ -60,7 +60,7 @@ pub struct V4Opts {
 #[must_use]
 pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, opts: &V4Opts, payload: &[u8]) -> Vec<u8> {
     assert!(
-        opts.options.len() % 4 == 0,
+        opts.options.len().is_multiple_of(4),
         "IPv4 options must be padded to 4 bytes"
     );
     let hlen = IPV4_HDR + opts.options.len();
