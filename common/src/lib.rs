@@ -14,6 +14,8 @@ pub mod verdict;
 /// names, so they are the single source of truth for both sides.
 pub mod names {
     pub const PROG_XDP: &str = "tagwall_xdp";
+    /// An XDP program that only passes: the benchmark floor.
+    pub const PROG_FLOOR: &str = "tagwall_floor";
     pub const MAP_POLICY_V4: &str = "POLICY_V4";
     pub const MAP_POLICY_V6: &str = "POLICY_V6";
     pub const MAP_PORT_SETS: &str = "PORT_SETS";

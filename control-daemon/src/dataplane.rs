@@ -208,6 +208,23 @@ impl Dataplane {
             .expect("tagwall_xdp is XDP")
     }
 
+    /// The benchmark floor program (XDP_PASS only), loaded on first use.
+    ///
+    /// # Errors
+    /// The verifier rejected it (it should not).
+    pub fn floor(&mut self) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(names::PROG_FLOOR)
+            .expect("tagwall_floor in the object")
+            .try_into()
+            .map_err(DataplaneError::Verifier)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(DataplaneError::Verifier)?;
+        }
+        Ok(prog)
+    }
+
     /// Take the aya-log ring buffer so the caller can drain it (e.g. in a task).
     pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         self.logger.take()

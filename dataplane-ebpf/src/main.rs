@@ -68,6 +68,13 @@ mod prog {
         }
     }
 
+    /// The floor for benchmarks: an XDP program that only passes. tagwall's per-packet
+    /// cost is reported as a ratio against it, measured in the same run.
+    #[xdp]
+    pub fn tagwall_floor(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
     #[xdp]
     pub fn tagwall_xdp(ctx: XdpContext) -> u32 {
         let start = ctx.data();

@@ -1,4 +1,4 @@
-//! `cargo xtask <task>`: setup, build, test, demo (and later bench) for tagwall.
+//! `cargo xtask <task>`: setup, build, test, demo and bench for tagwall.
 //!
 //! Everything here is plain commands run in order, so a task can be read as the
 //! recipe it is. `setup` is idempotent: it installs only what is missing.
@@ -77,6 +77,16 @@ enum Task {
         #[arg(long)]
         policy: Option<PathBuf>,
     },
+    /// Benchmarks (release build): per-packet cost against an XDP_PASS floor measured
+    /// in the same run, control-plane costs. Writes BENCHMARKS.md. Needs root.
+    Bench {
+        /// Report file.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        output: PathBuf,
+        /// Extra arguments for the bench binary (e.g. `--repeat 2000000 --runs 7`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,6 +127,29 @@ fn main() -> anyhow::Result<()> {
                 c.arg("--policy")
                     .arg(std::path::absolute(&p).with_context(|| format!("{}", p.display()))?);
             }
+            run(&mut c)
+        }
+        Task::Bench { output, args } => {
+            require_root("bench")?;
+            let mut line = String::from("cargo xtask bench");
+            if !args.is_empty() {
+                line = format!("{line} -- {}", args.join(" "));
+            }
+            let mut c = cargo(&root);
+            c.args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "tagwall-tests",
+                "--bin",
+                "bench",
+                "--",
+            ])
+            .arg("--output")
+            .arg(root.join(output))
+            .args(args)
+            .env("TAGWALL_BENCH_CMD", line);
             run(&mut c)
         }
     }

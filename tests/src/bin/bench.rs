@@ -1,0 +1,353 @@
+//! `cargo xtask bench`: per-packet cost of the XDP program with BPF_PROG_TEST_RUN
+//! against the floor (an XDP program that only passes) measured in the same run, and
+//! control-plane costs (compile, map load) for the same policies. Writes a Markdown
+//! report (BENCHMARKS.md) with the command and the machine.
+//!
+//! Figures are ratios against a baseline of the same run; nothing here asserts a time.
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tagwall::{
+    compile::{CompiledPolicy, compile},
+    dataplane::{Dataplane, LoadOptions},
+    rules::{Direction, PortRange, Proto, Rule},
+};
+use tagwall_tests::pkt::{tcp4, tcp6};
+
+const XDP_PASS: u32 = 2;
+const XDP_DROP: u32 = 1;
+
+struct Opts {
+    repeat: u32,
+    runs: usize,
+    output: Option<PathBuf>,
+    max_synthetic: usize,
+}
+
+/// A policy to measure and the packets to send through it.
+struct Case {
+    name: String,
+    rules: Vec<Rule>,
+    /// (label, frame, expected XDP action)
+    frames: Vec<(String, Vec<u8>, u32)>,
+}
+
+struct Row {
+    case: String,
+    packet: String,
+    ns: f64,
+    floor_ns: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median per-packet nanoseconds of `runs` test runs of `repeat` packets each.
+fn measure(prog: &Xdp, frame: &[u8], expect: u32, o: &Opts) -> anyhow::Result<f64> {
+    let mut v = Vec::with_capacity(o.runs);
+    for _ in 0..o.runs {
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: o.repeat,
+            ..TestRunOptions::default()
+        })?;
+        anyhow::ensure!(
+            r.return_value == expect,
+            "program returned {} where {expect} was expected: the benchmark packet is wrong",
+            r.return_value
+        );
+        // The kernel reports the mean duration of one repetition.
+        v.push(r.duration.as_nanos() as f64);
+    }
+    Ok(median(v))
+}
+
+fn rule(id: u32, name: &str, prefixes: Vec<IpNet>, ports: &[u16]) -> Rule {
+    Rule {
+        id,
+        name: name.to_owned(),
+        direction: Direction::Outbound,
+        prefixes,
+        proto: Proto::TCP,
+        ports: ports.iter().map(|p| PortRange::single(*p)).collect(),
+        origin: "bench".into(),
+    }
+}
+
+/// `n` random prefixes (80% v4 /12../32, 20% v6 /32../128) spread over 64 rules, all
+/// outside 198.18.0.0/15 and 2001:db8::/32 (the miss addresses).
+fn synthetic(n: usize, seed: u64) -> (Vec<Rule>, Ipv4Addr, Ipv6Addr) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut per_rule: Vec<Vec<IpNet>> = vec![Vec::new(); 64];
+    let (mut hit4, mut hit6) = (None, None);
+    for i in 0..n {
+        let net = if rng.random_bool(0.8) {
+            let mut a: u32 = rng.random();
+            if a >> 17 == 0xc612 >> 1 {
+                a ^= 0x8000_0000;
+            }
+            IpNet::V4(
+                Ipv4Net::new(Ipv4Addr::from(a), rng.random_range(12..=32))
+                    .expect("len")
+                    .trunc(),
+            )
+        } else {
+            let a: u128 = (0x2a01u128 << 112) | (rng.random::<u128>() >> 16);
+            IpNet::V6(
+                Ipv6Net::new(Ipv6Addr::from(a), rng.random_range(32..=128))
+                    .expect("len")
+                    .trunc(),
+            )
+        };
+        match net {
+            IpNet::V4(n4) if hit4.is_none() && n4.prefix_len() == 32 => hit4 = Some(n4.addr()),
+            IpNet::V6(n6) if hit6.is_none() && n6.prefix_len() == 128 => hit6 = Some(n6.addr()),
+            _ => {}
+        }
+        per_rule[i % 64].push(net);
+    }
+    // Guarantee a known host in each family.
+    let h4 = hit4.unwrap_or(Ipv4Addr::new(100, 64, 0, 1));
+    let h6 = hit6.unwrap_or("2a01::1".parse().expect("literal"));
+    per_rule[0].push(IpNet::V4(Ipv4Net::new(h4, 32).expect("len")));
+    per_rule[0].push(IpNet::V6(Ipv6Net::new(h6, 128).expect("len")));
+    let rules = per_rule
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            rule(
+                u32::try_from(i + 1).expect("small"),
+                &format!("syn{i}"),
+                p,
+                &[443, 8443],
+            )
+        })
+        .collect();
+    (rules, h4, h6)
+}
+
+fn frames(hit4: Ipv4Addr, hit6: Ipv6Addr) -> Vec<(String, Vec<u8>, u32)> {
+    vec![
+        ("v4 hit tcp/443".into(), tcp4(hit4, 443), XDP_PASS),
+        (
+            "v4 miss".into(),
+            tcp4(Ipv4Addr::new(198, 18, 0, 1), 443),
+            XDP_DROP,
+        ),
+        ("v6 hit tcp/443".into(), tcp6(hit6, 443), XDP_PASS),
+        (
+            "v6 miss".into(),
+            tcp6("2001:db8::1".parse().expect("literal"), 443),
+            XDP_DROP,
+        ),
+    ]
+}
+
+struct Control {
+    case: String,
+    rules: usize,
+    prefixes_in: usize,
+    entries: usize,
+    compile: Duration,
+    load: Duration,
+}
+
+fn bench_case(
+    case: &Case,
+    o: &Opts,
+    rows: &mut Vec<Row>,
+    control: &mut Vec<Control>,
+) -> anyhow::Result<()> {
+    let prefixes_in: usize = case.rules.iter().map(|r| r.prefixes.len()).sum();
+    let t = Instant::now();
+    let policy: CompiledPolicy = compile(&case.rules, 1 << 16)?;
+    let compile_t = t.elapsed();
+    let opts = LoadOptions {
+        // Both slots live in the trie during a switch.
+        max_prefixes: u32::try_from(2 * policy.prefixes() + 1024).expect("fits"),
+        sets_per_slot: u32::try_from(policy.sets.len() + 1024).expect("fits"),
+        ..LoadOptions::default()
+    };
+    let mut dp = Dataplane::load(&opts)?;
+    let t = Instant::now();
+    dp.apply(&policy, false)?;
+    let load_t = t.elapsed();
+    control.push(Control {
+        case: case.name.clone(),
+        rules: case.rules.len(),
+        prefixes_in,
+        entries: policy.prefixes(),
+        compile: compile_t,
+        load: load_t,
+    });
+    for (label, frame, expect) in &case.frames {
+        // Interleave floor and program so drifts affect both alike.
+        let floor_ns = measure(dp.floor()?, frame, XDP_PASS, o)?;
+        let ns = measure(dp.xdp(), frame, *expect, o)?;
+        eprintln!(
+            "bench: {:<28} {:<16} {ns:>7.1} ns  floor {floor_ns:>6.1} ns",
+            case.name, label
+        );
+        rows.push(Row {
+            case: case.name.clone(),
+            packet: label.clone(),
+            ns,
+            floor_ns,
+        });
+    }
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let ncpu = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    format!("{cpu}, {ncpu} CPUs, Linux {}", kernel.trim())
+}
+
+fn report(rows: &[Row], control: &[Control], o: &Opts, cmd: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# tagwall benchmarks\n");
+    let _ = writeln!(s, "Command: `{cmd}`  ");
+    let _ = writeln!(s, "Machine: {}  ", machine());
+    let _ = writeln!(
+        s,
+        "Method: BPF_PROG_TEST_RUN, repeat {} per run, median of {} runs; the floor is an XDP \
+         program that only returns XDP_PASS, measured on the same packet in the same run, \
+         interleaved. Ratio = tagwall / floor.\n",
+        o.repeat, o.runs
+    );
+    let _ = writeln!(s, "## Per-packet cost (XDP)\n");
+    let _ = writeln!(
+        s,
+        "| policy | packet | tagwall ns/pkt | floor ns/pkt | ratio |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.1} | {:.2}x |",
+            r.case,
+            r.packet,
+            r.ns,
+            r.floor_ns,
+            r.ns / r.floor_ns
+        );
+    }
+    let _ = writeln!(s, "\n## Control plane\n");
+    let _ = writeln!(
+        s,
+        "| policy | rules | prefixes in | LPM entries (flattened) | compile | map load |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for c in control {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.1} ms | {:.1} ms |",
+            c.case,
+            c.rules,
+            c.prefixes_in,
+            c.entries,
+            c.compile.as_secs_f64() * 1e3,
+            c.load.as_secs_f64() * 1e3
+        );
+    }
+    s
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let mut o = Opts {
+        repeat: 1_000_000,
+        runs: 5,
+        output: None,
+        max_synthetic: 1_000_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--repeat" => {
+                o.repeat = val("--repeat")?
+                    .parse()
+                    .map_err(|e| format!("--repeat: {e}"))?
+            }
+            "--runs" => o.runs = val("--runs")?.parse().map_err(|e| format!("--runs: {e}"))?,
+            "--output" => o.output = Some(PathBuf::from(val("--output")?)),
+            "--max-synthetic" => {
+                o.max_synthetic = val("--max-synthetic")?
+                    .parse()
+                    .map_err(|e| format!("--max-synthetic: {e}"))?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?} (--repeat N --runs N --output FILE --max-synthetic N)"
+                ));
+            }
+        }
+    }
+    if o.runs == 0 || o.repeat == 0 {
+        return Err("--runs and --repeat must be positive".into());
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tagwall_tests::netns::require_root();
+    let mut cases = Vec::new();
+    for n in [1_000usize, 100_000, 1_000_000] {
+        if n > o.max_synthetic {
+            continue;
+        }
+        let (rules, h4, h6) = synthetic(n, n as u64);
+        cases.push(Case {
+            name: format!("synthetic {n} prefixes"),
+            rules,
+            frames: frames(h4, h6),
+        });
+    }
+    let (mut rows, mut control) = (Vec::new(), Vec::new());
+    for c in &cases {
+        if let Err(e) = bench_case(c, &o, &mut rows, &mut control) {
+            eprintln!("bench: {}: {e:#}", c.name);
+            return ExitCode::FAILURE;
+        }
+    }
+    let cmd = std::env::var("TAGWALL_BENCH_CMD").unwrap_or_else(|_| "cargo xtask bench".into());
+    let md = report(&rows, &control, &o, &cmd);
+    match &o.output {
+        Some(p) => {
+            if let Err(e) = std::fs::write(p, &md) {
+                eprintln!("bench: writing {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!("bench: wrote {}", p.display());
+        }
+        None => print!("{md}"),
+    }
+    ExitCode::SUCCESS
+}
