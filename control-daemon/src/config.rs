@@ -11,19 +11,43 @@
 //! ipv6_neighbor_discovery = true     # ICMPv6 to fe80::/10, ff02::/16 and the gateway itself
 //! dhcp = true                        # UDP 67 to 255.255.255.255
 //!
+//! service_tags = "/var/lib/tagwall/servicetags/servicetags-public-400.json" # default: newest stored
+//! internal_prefixes = ["10.0.0.0/16"] # the protected VNet (VirtualNetwork tag)
+//!
+//! [azureml]                          # the workspace: catalog requirements become rules
+//! cloud = "public"                   # public | government | china
+//! edition = "2026"                   # "2021" (seed docs) | "2026" (default)
+//! region = "westus2"
+//! storage_accounts = ["mystorage"]
+//! container_registries = ["myacr"]
+//! workspace_id = "0c6b..."
+//! scenarios = ["workspace", "compute", "python"]  # omitted: all
+//! conditions = ["custom-images"]     # see `tagwall catalog`
+//! exclude = []                       # requirement ids to leave out
+//!
 //! [[rules]]
 //! name = "web"
 //! to = ["203.0.113.0/24", "2001:db8::/32"]
+//! service_tags = ["Storage.WestEurope"]
+//! fqdns = ["pypi.org", "*.anaconda.org"]
 //! protocol = "tcp"                   # any | tcp | udp | icmp | icmpv6 | 1-255
 //! ports = [443, "8000-8080"]         # omitted: any port
+//! direction = "outbound"             # inbound: match the source instead
 //! ```
 
-use std::{net::IpAddr, path::Path};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use ipnet::IpNet;
 use serde::Deserialize;
+use toml::Spanned;
 
-use crate::rules::{Direction, PortRange, Proto, Rule};
+use crate::{
+    catalog::{Cloud, Condition, Edition, Scenario},
+    rules::{Direction, PortRange, Proto, Rule},
+};
 
 /// Management allowances. Written by hand: every field has a commented default.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -58,12 +82,21 @@ impl Default for Management {
     }
 }
 
-/// A user rule as written in the file.
+/// A user rule as written in the file. Destinations are any mix of CIDRs (`to`),
+/// service tags (`service_tags`, resolved against the Service Tags file) and host
+/// names (`fqdns`, exact or `*.suffix`, resolved by DNS).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct UserRule {
-    pub name: String,
-    pub to: Vec<IpNet>,
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub direction: Direction,
+    #[serde(default)]
+    pub to: Vec<Spanned<IpNet>>,
+    #[serde(default)]
+    pub service_tags: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub fqdns: Vec<Spanned<String>>,
     #[serde(default = "any_proto")]
     pub protocol: Proto,
     #[serde(default = "any_ports")]
@@ -78,12 +111,102 @@ fn any_ports() -> Vec<PortRange> {
     vec![PortRange::ANY]
 }
 
+/// The Azure Machine Learning workspace whose documented requirements the catalog
+/// turns into rules.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AzureMl {
+    /// public | government | china.
+    #[serde(default = "default_cloud")]
+    pub cloud: Cloud,
+    /// Catalog edition: "2021" (the seed documents) or "2026" (default: with the
+    /// requirements added since).
+    #[serde(default)]
+    pub edition: Edition,
+    /// Azure region of the workspace, e.g. "westus2" (fills `<region>`, regional tags).
+    pub region: Spanned<String>,
+    /// Storage account names (`<storage>`).
+    #[serde(default)]
+    pub storage_accounts: Vec<String>,
+    /// Container registry names (`<acr>`).
+    #[serde(default)]
+    pub container_registries: Vec<String>,
+    /// Workspace id (`<workspace-id>`).
+    #[serde(default)]
+    pub workspace_id: Option<String>,
+    /// Scenarios in use; omitted: all of them.
+    #[serde(default)]
+    pub scenarios: Option<Vec<Scenario>>,
+    /// Conditions that hold for this workspace (e.g. "hbi-workspace", "custom-images").
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Catalog requirement ids to leave out (they are reported as excluded).
+    #[serde(default)]
+    pub exclude: Vec<Spanned<String>>,
+}
+
+fn default_cloud() -> Cloud {
+    Cloud::Public
+}
+
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub audit: bool,
+    /// Service Tags JSON file; default: the newest stored one for the cloud
+    /// (`tagwall tags update`).
+    pub service_tags: Option<PathBuf>,
+    /// The protected network's own prefixes (the `VirtualNetwork` tag; inbound
+    /// targets).
+    pub internal_prefixes: Vec<IpNet>,
     pub management: Management,
+    pub azureml: Option<AzureMl>,
     pub rules: Vec<UserRule>,
+    /// Where the config came from, for error messages (file name and line starts).
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// The name and line table of a config text, to turn spans into line numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub name: String,
+    line_starts: Vec<usize>,
+}
+
+impl Origin {
+    #[must_use]
+    pub fn new(name: &str, text: &str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self {
+            name: name.to_owned(),
+            line_starts,
+        }
+    }
+
+    /// 1-based line of a byte offset.
+    #[must_use]
+    pub fn line(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|&s| s <= offset)
+    }
+
+    /// `file line N, field F: message`.
+    #[must_use]
+    pub fn at<T>(
+        &self,
+        span: &Spanned<T>,
+        field: &str,
+        message: impl std::fmt::Display,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.name.clone(),
+            message: format!(
+                "line {}, field `{field}`: {message}",
+                self.line(span.span().start)
+            ),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +219,37 @@ pub enum ConfigError {
     },
     #[error("invalid config {path}: {message}")]
     Invalid { path: String, message: String },
+}
+
+/// Is `s` a host name (`a.b.c`) or a wildcard (`*.b.c`, one or more labels)?
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_fqdn(s: &str) -> Result<(), String> {
+    let body = s.strip_prefix("*.").unwrap_or(s);
+    if body.is_empty() || body.len() > 253 {
+        return Err(format!("{s:?} is not a host name"));
+    }
+    if !body.contains('.') && s.starts_with("*.") {
+        return Err(format!(
+            "{s:?}: a wildcard needs a domain with a dot after `*.`"
+        ));
+    }
+    for label in body.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{s:?}: label {label:?} is not a DNS label (letters, digits, '-'; `*.` only as the first label)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Config {
@@ -121,57 +275,115 @@ impl Config {
             path: origin.to_owned(),
             message,
         };
-        let cfg: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut cfg: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        cfg.origin = Origin::new(origin, text);
+        let o = &cfg.origin;
         let mut seen = std::collections::HashSet::new();
         for (i, r) in cfg.rules.iter().enumerate() {
-            let at = format!("rules[{i}] (name {:?})", r.name);
-            if r.name.trim().is_empty() {
-                return Err(invalid(format!("{at}: `name` must not be empty")));
+            let field = |f: &str| format!("rules[{i}].{f}");
+            let name = r.name.get_ref();
+            if name.trim().is_empty() {
+                return Err(o.at(&r.name, &field("name"), "must not be empty"));
             }
-            if !seen.insert(r.name.as_str()) {
-                return Err(invalid(format!("{at}: duplicate rule name")));
+            if !seen.insert(name.as_str()) {
+                return Err(o.at(
+                    &r.name,
+                    &field("name"),
+                    format!("duplicate rule name {name:?}"),
+                ));
             }
-            if r.to.is_empty() {
-                return Err(invalid(format!("{at}: `to` lists no destinations")));
+            if r.to.is_empty() && r.service_tags.is_empty() && r.fqdns.is_empty() {
+                return Err(o.at(
+                    &r.name,
+                    &field("to"),
+                    format!(
+                        "rule {name:?} lists no destinations: give `to`, `service_tags` or `fqdns`"
+                    ),
+                ));
             }
             if r.ports.is_empty() {
-                return Err(invalid(format!(
-                    "{at}: `ports` is empty; omit it for any port"
-                )));
+                return Err(o.at(&r.name, &field("ports"), "empty; omit it for any port"));
             }
             if !r.protocol.has_ports() && r.ports.iter().any(|p| !p.is_any()) {
-                return Err(invalid(format!(
-                    "{at}: protocol {} has no ports; remove `ports` or use tcp/udp",
-                    r.protocol
-                )));
+                return Err(o.at(
+                    &r.name,
+                    &field("ports"),
+                    format!(
+                        "protocol {} has no ports; remove `ports` or use tcp/udp",
+                        r.protocol
+                    ),
+                ));
             }
             for net in &r.to {
-                if net.trunc() != *net {
-                    return Err(invalid(format!(
-                        "{at}: {net} has host bits set; did you mean {}?",
-                        net.trunc()
-                    )));
+                let n = net.get_ref();
+                if n.trunc() != *n {
+                    return Err(o.at(
+                        net,
+                        &field("to"),
+                        format!("{n} has host bits set; did you mean {}?", n.trunc()),
+                    ));
+                }
+            }
+            for f in &r.fqdns {
+                check_fqdn(f.get_ref()).map_err(|m| o.at(f, &field("fqdns"), m))?;
+            }
+            for t in &r.service_tags {
+                if t.get_ref().trim().is_empty() {
+                    return Err(o.at(t, &field("service_tags"), "empty tag name"));
+                }
+            }
+        }
+        for net in &cfg.internal_prefixes {
+            if net.trunc() != *net {
+                return Err(invalid(format!(
+                    "field `internal_prefixes`: {net} has host bits set; did you mean {}?",
+                    net.trunc()
+                )));
+            }
+        }
+        if let Some(az) = &cfg.azureml {
+            let region = az.region.get_ref();
+            if region.is_empty() || !region.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(o.at(
+                    &az.region,
+                    "azureml.region",
+                    format!("{region:?} is not an Azure region name (e.g. \"westus2\")"),
+                ));
+            }
+            for ex in &az.exclude {
+                if crate::catalog::Catalog::embedded()
+                    .get(ex.get_ref())
+                    .is_none()
+                {
+                    return Err(o.at(
+                        ex,
+                        "azureml.exclude",
+                        format!(
+                            "{:?} is not a catalog requirement id (see `tagwall catalog`)",
+                            ex.get_ref()
+                        ),
+                    ));
                 }
             }
         }
         Ok(cfg)
     }
 
-    /// Resolve into rules: management allowances first (ids from 1), then user rules.
-    /// `iface_addrs` are the attached interface's addresses, used when
-    /// `management.gateway_addresses` is empty.
+    /// The CIDR-only rules: management allowances first (ids from 1), then user
+    /// rules' `to` prefixes. Service tags, host names and the catalog are resolved
+    /// by [`crate::policy::build`], which is what `tagwall run` uses.
     #[must_use]
     pub fn to_rules(&self, iface_addrs: &[IpAddr]) -> Vec<Rule> {
         let mut rules = management_rules(&self.management, iface_addrs);
         for r in &self.rules {
             rules.push(Rule {
                 id: 0,
-                name: format!("user:{}", r.name),
-                direction: Direction::Outbound,
-                prefixes: r.to.clone(),
+                name: format!("user:{}", r.name.get_ref()),
+                direction: r.direction,
+                prefixes: r.to.iter().map(|n| *n.get_ref()).collect(),
                 proto: r.protocol,
                 ports: r.ports.clone(),
-                origin: "config [[rules]]".to_owned(),
+                origin: format!("{} [[rules]] {}", self.origin.name, r.name.get_ref()),
             });
         }
         for (i, r) in rules.iter_mut().enumerate() {

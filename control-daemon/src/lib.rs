@@ -2,11 +2,16 @@
 //! tests and benchmarks.
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod catalog;
 pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod dataplane;
+pub mod deps;
 pub mod netif;
+pub mod nft;
+pub mod policy;
 pub mod reference;
 pub mod rules;
+pub mod servicetags;
 pub mod state;

@@ -25,6 +25,17 @@ enum Cmd {
     Run(cli::run::Args),
     /// Print the counters of a running datapath.
     Counters(cli::counters::Args),
+    /// Build the effective policy of a config and print a summary (no kernel needed).
+    Compile(cli::policy::CompileArgs),
+    /// Say whether an address/port is allowed by a config, and why.
+    Explain(cli::policy::ExplainArgs),
+    /// Export the compiled policy (nftables ruleset).
+    Export(cli::policy::ExportArgs),
+    /// List the built-in requirements catalog.
+    Catalog(cli::catalog::Args),
+    /// Manage Azure Service Tags files (validate, store, fetch).
+    #[command(subcommand)]
+    Tags(cli::tags::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +47,11 @@ fn main() -> ExitCode {
     let res = match args.cmd {
         Cmd::Run(a) => cli::run::run(&a),
         Cmd::Counters(a) => cli::counters::run(&a),
+        Cmd::Compile(a) => cli::policy::compile(&a),
+        Cmd::Explain(a) => cli::policy::explain(&a),
+        Cmd::Export(a) => cli::policy::export(&a),
+        Cmd::Catalog(a) => cli::catalog::run(&a),
+        Cmd::Tags(c) => cli::tags::run(&c),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -123,6 +123,37 @@ impl Lab {
         }
     }
 
+    /// Give inet-a another address (e.g. one inside a real service tag) and route it
+    /// from the gateway; traffic stays inside the lab.
+    pub fn add_inet_a_address(&self, ip: &str) {
+        let dev = String::from_utf8(
+            self.inet_a
+                .ip(&["-o", "link", "show", "type", "veth"])
+                .stdout,
+        )
+        .expect("utf-8")
+        .split(':')
+        .nth(1)
+        .map(|s| s.trim().split('@').next().unwrap_or("").to_owned())
+        .expect("inet-a veth");
+        let v6 = ip.contains(':');
+        let host = format!("{ip}/{}", if v6 { 128 } else { 32 });
+        let mut args = vec!["addr", "add", &host, "dev", &dev];
+        if v6 {
+            args.push("nodad");
+        }
+        self.inet_a.ip(&args);
+        let via = if v6 { INET_A_V6 } else { INET_A_V4 };
+        self.gw.ip(&[
+            if v6 { "-6" } else { "-4" },
+            "route",
+            "add",
+            &host,
+            "via",
+            via,
+        ]);
+    }
+
     /// Write a policy file into the lab directory.
     #[must_use]
     pub fn write_policy(&self, name: &str, toml: &str) -> PathBuf {

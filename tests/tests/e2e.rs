@@ -197,3 +197,94 @@ fn bad_policy_is_rejected_before_anything_is_attached() {
     let _b = tcp_echo(&lab.inet_b, sa(INET_B_V4, 8080));
     tcp_exchange(&lab.client, sa(INET_B_V4, 8080), Duration::from_secs(3)).unwrap();
 }
+
+/// The real Public Service Tags file (read from ../shared at test time, never copied).
+fn public_tags() -> String {
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/servicetags/ServiceTags_Public_20250908.json"
+    );
+    assert!(std::path::Path::new(p).exists(), "test data missing: {p}");
+    p.to_owned()
+}
+
+/// 4.171.27.64/27 is in AzureMachineLearning in the 2025-09-08 Public file; the test
+/// gives this address to the lab's inet-a namespace.
+const AML_ADDR: &str = "4.171.27.70";
+
+fn aml_policy(tags: &str) -> String {
+    format!(
+        "service_tags = {tags:?}\n[azureml]\ncloud = \"public\"\nregion = \"westus2\"\nstorage_accounts = [\"labstorage\"]\n"
+    )
+}
+
+#[test]
+fn aml_catalog_policy_allows_azuremachinelearning_443_not_444() {
+    let lab = Lab::new();
+    lab.add_inet_a_address(AML_ADDR);
+    let long = Duration::from_secs(3);
+    let _s443 = tcp_echo(&lab.inet_a, sa(AML_ADDR, 443));
+    let s444 = tcp_echo(&lab.inet_a, sa(AML_ADDR, 444));
+    tcp_exchange(&lab.client, sa(AML_ADDR, 444), long)
+        .unwrap_or_else(|e| panic!("lab broken before tagwall: {e}"));
+
+    let policy = lab.write_policy("aml.toml", &aml_policy(&public_tags()));
+    let daemon = lab.start_tagwall(&policy, &[]);
+    tcp_exchange(&lab.client, sa(AML_ADDR, 443), long)
+        .unwrap_or_else(|e| panic!("AzureMachineLearning 443 must pass: {e}"));
+    assert!(
+        tcp_exchange(&lab.client, sa(AML_ADDR, 444), Duration::from_millis(800)).is_err(),
+        "444 must be dropped"
+    );
+    assert_eq!(
+        s444.hits.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "only the pre-attach connection reached 444"
+    );
+    let c = lab.counters();
+    let credited: u64 = c["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["name"].as_str().unwrap().starts_with("aml:")
+                && r["name"].as_str().unwrap().contains("azuremachinelearning")
+        })
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum();
+    assert!(
+        credited >= 3,
+        "AzureMachineLearning rules credited {credited} packets: {c:#}"
+    );
+    assert!(reason(&c, "outbound", "port") >= 1, "{c:#}");
+    daemon.stop();
+}
+
+#[test]
+fn nft_export_of_the_aml_policy_enforces_the_same_in_nftables() {
+    let lab = Lab::new();
+    lab.add_inet_a_address(AML_ADDR);
+    let long = Duration::from_secs(3);
+    let _s443 = tcp_echo(&lab.inet_a, sa(AML_ADDR, 443));
+    let _s444 = tcp_echo(&lab.inet_a, sa(AML_ADDR, 444));
+    let _b = tcp_echo(&lab.inet_b, sa(INET_B_V4, 8080));
+    let policy = lab.write_policy("aml.toml", &aml_policy(&public_tags()));
+    let nft = lab.dir.path.join("aml.nft");
+    let out = std::process::Command::new(tagwall_bin())
+        .args(["export", "--nft", "--config"])
+        .arg(&policy)
+        .args(["--iif", &lab.gw_in, "-o"])
+        .arg(&nft)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.gw.exec(&["nft", "-f", nft.to_str().unwrap()]);
+    tcp_exchange(&lab.client, sa(AML_ADDR, 443), long)
+        .unwrap_or_else(|e| panic!("nft must pass 443: {e}"));
+    assert!(tcp_exchange(&lab.client, sa(AML_ADDR, 444), Duration::from_millis(800)).is_err());
+    assert!(tcp_exchange(&lab.client, sa(INET_B_V4, 8080), Duration::from_millis(800)).is_err());
+}

@@ -4,8 +4,11 @@ use std::path::PathBuf;
 
 use crate::state::{DEFAULT_BPFFS, DEFAULT_STATE_DIR, Paths};
 
+pub mod catalog;
 pub mod counters;
+pub mod policy;
 pub mod run;
+pub mod tags;
 
 /// Where the state of one attached interface lives.
 #[derive(clap::Args, Clone, Debug)]

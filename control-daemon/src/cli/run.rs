@@ -8,7 +8,6 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use super::Location;
 use crate::{
     compile::compile,
-    config::Config,
     dataplane::{AttachMode, Dataplane, LoadOptions},
     netif,
     state::{PolicyState, ensure_bpffs},
@@ -19,8 +18,15 @@ pub struct Args {
     #[command(flatten)]
     pub loc: Location,
     /// Policy/config file (TOML).
-    #[arg(long)]
+    #[arg(long, alias = "config")]
     pub policy: PathBuf,
+    /// Service Tags JSON file (overrides `service_tags` in the config).
+    #[arg(long)]
+    pub tags: Option<PathBuf>,
+    /// Store of validated Service Tags files, used when neither --tags nor the config
+    /// names a file.
+    #[arg(long, env = "TAGWALL_TAGS_DIR", default_value = crate::servicetags::store::DEFAULT_DIR)]
+    pub tags_dir: PathBuf,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: AttachMode,
@@ -36,9 +42,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if !netif::exists(iface) {
         bail!("interface {iface:?} does not exist in this network namespace");
     }
-    let config = Config::load(&args.policy)?;
     let addrs = netif::addresses(iface).with_context(|| format!("reading addresses of {iface}"))?;
-    let rules = config.to_rules(&addrs);
+    let (config, eff) =
+        super::policy::load(&args.policy, args.tags.as_deref(), &args.tags_dir, &addrs)?;
+    if !eff.fqdns.is_empty() {
+        tracing::warn!(
+            patterns = eff.fqdns.len(),
+            "host-name rules are not enforced yet (no DNS resolver/proxy): their addresses stay denied"
+        );
+    }
+    let rules = eff.rules.clone();
     let opts = LoadOptions {
         pin_dir: Some(args.loc.paths().pin_dir),
         log_level: args.datapath_log,

@@ -1,19 +1,107 @@
 //! `cargo xtask demo`: a lab of namespaces (client, gateway with tagwall on its
-//! client-facing veth, two "internet" hosts), one allowed and one denied connection,
-//! the counters, and cleanup. Needs root. The policy is the embedded default lab
-//! policy unless `--policy FILE` is given.
+//! client-facing veth, two "internet" hosts), allowed and denied connections, the
+//! counters, and cleanup. Needs root.
+//!
+//! The embedded default is an Azure ML workspace policy: the built-in catalog's
+//! workspace and compute requirements (public cloud, westus2), resolved against a
+//! lab Service Tags file that this demo writes itself, in which AzureMachineLearning
+//! is inet-a's network. `--policy FILE` runs your own policy instead.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use tagwall_tests::lab::*;
 
-const DEFAULT_POLICY: &str = r#"# tagwall demo policy: the client may reach inet-a on TCP 443 and 8080 only.
+const DEFAULT_POLICY: &str = r#"# tagwall demo: an Azure ML workspace in westus2 (catalog requirements), plus one
+# rule of our own.
+service_tags = "lab-servicetags.json"
+
+[azureml]
+cloud = "public"
+region = "westus2"
+scenarios = ["workspace", "compute"]
+
 [[rules]]
 name = "inet-a-web"
-to = ["10.77.2.2/32", "fd77:2::2/128"]
+to = ["10.77.2.2/32"]
 protocol = "tcp"
-ports = [443, 8080]
+ports = [8080]
 "#;
+
+/// The lab's own Service Tags file (same schema as Microsoft's): the tags the demo
+/// selection uses, AzureMachineLearning on inet-a, the rest on documentation ranges.
+fn lab_service_tags() -> String {
+    let tags = [
+        ("AzureMachineLearning", "", "10.77.2.0/24", "fd77:2::/64"),
+        (
+            "AzureActiveDirectory",
+            "",
+            "192.0.2.0/28",
+            "2001:db8:1::/48",
+        ),
+        (
+            "AzureResourceManager",
+            "",
+            "192.0.2.16/28",
+            "2001:db8:2::/48",
+        ),
+        (
+            "Storage.WestUS2",
+            "westus2",
+            "192.0.2.32/28",
+            "2001:db8:3::/48",
+        ),
+        (
+            "AzureFrontDoor.Frontend",
+            "",
+            "192.0.2.48/28",
+            "2001:db8:4::/48",
+        ),
+        (
+            "AzureKeyVault.WestUS2",
+            "westus2",
+            "192.0.2.64/28",
+            "2001:db8:5::/48",
+        ),
+        (
+            "AzureContainerRegistry.WestUS2",
+            "westus2",
+            "192.0.2.80/28",
+            "2001:db8:6::/48",
+        ),
+        (
+            "MicrosoftContainerRegistry",
+            "",
+            "192.0.2.96/28",
+            "2001:db8:7::/48",
+        ),
+        (
+            "MicrosoftContainerRegistry.WestUS2",
+            "westus2",
+            "192.0.2.112/28",
+            "2001:db8:8::/48",
+        ),
+        (
+            "BatchNodeManagement",
+            "",
+            "192.0.2.128/28",
+            "2001:db8:9::/48",
+        ),
+        (
+            "BatchNodeManagement.WestUS2",
+            "westus2",
+            "192.0.2.144/28",
+            "2001:db8:a::/48",
+        ),
+        ("AzureMonitor", "", "192.0.2.160/28", "2001:db8:b::/48"),
+        (
+            "AzureFrontDoor.FirstParty",
+            "",
+            "192.0.2.176/28",
+            "2001:db8:c::/48",
+        ),
+    ];
+    tagwall::servicetags::lab_file_json("Public", 1, &tags)
+}
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("ip literal"), port)
@@ -41,14 +129,37 @@ fn main() -> ExitCode {
         "   client {CLIENT_V4} / {CLIENT_V6}, gateway {GW_V4} (tagwall on {}), inet-a {INET_A_V4}, inet-b {INET_B_V4}",
         lab.gw_in
     );
-    let _a = tcp_echo(&lab.inet_a, sa(INET_A_V4, 8080));
-    let _a6 = tcp_echo(&lab.inet_a, sa(INET_A_V6, 8080));
-    let _b = tcp_echo(&lab.inet_b, sa(INET_B_V4, 8080));
+    let servers = [
+        tcp_echo(&lab.inet_a, sa(INET_A_V4, 443)),
+        tcp_echo(&lab.inet_a, sa(INET_A_V6, 443)),
+        tcp_echo(&lab.inet_a, sa(INET_A_V4, 444)),
+        tcp_echo(&lab.inet_a, sa(INET_A_V4, 8080)),
+        tcp_echo(&lab.inet_b, sa(INET_B_V4, 443)),
+    ];
 
     let policy = match &policy_file {
         Some(p) => p.clone(),
-        None => lab.write_policy("demo.toml", DEFAULT_POLICY),
+        None => {
+            std::fs::write(
+                lab.dir.path.join("lab-servicetags.json"),
+                lab_service_tags(),
+            )
+            .expect("write lab tags");
+            lab.write_policy("demo.toml", DEFAULT_POLICY)
+        }
     };
+    if policy_file.is_none() {
+        let out = std::process::Command::new(tagwall_bin())
+            .args(["compile", "--config"])
+            .arg(&policy)
+            .output()
+            .expect("tagwall compile");
+        println!(
+            "== tagwall compile\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     println!(
         "== policy {}:\n{}",
         policy.display(),
@@ -59,9 +170,11 @@ fn main() -> ExitCode {
 
     let mut ok = true;
     for (what, to, expect) in [
-        ("allowed", sa(INET_A_V4, 8080), true),
-        ("allowed", sa(INET_A_V6, 8080), true),
-        ("denied ", sa(INET_B_V4, 8080), false),
+        ("AzureMachineLearning tcp/443 ", sa(INET_A_V4, 443), true),
+        ("AzureMachineLearning v6 443  ", sa(INET_A_V6, 443), true),
+        ("user rule inet-a-web 8080    ", sa(INET_A_V4, 8080), true),
+        ("AzureMachineLearning tcp/444 ", sa(INET_A_V4, 444), false),
+        ("no requirement (inet-b)      ", sa(INET_B_V4, 443), false),
     ] {
         let r = tcp_exchange(
             &lab.client,
@@ -82,6 +195,25 @@ fn main() -> ExitCode {
             }
         );
         ok &= got == expect;
+    }
+    drop(servers);
+    if policy_file.is_none() {
+        for target in [
+            format!("{INET_A_V4}:443"),
+            format!("{INET_A_V4}:444"),
+            format!("{INET_B_V4}:443"),
+        ] {
+            let out = std::process::Command::new(tagwall_bin())
+                .args(["explain", "--config"])
+                .arg(&policy)
+                .arg(&target)
+                .output()
+                .expect("tagwall explain");
+            println!(
+                "== tagwall explain {target}\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
     }
     println!("== tagwall counters\n");
     print!(
