@@ -13,6 +13,7 @@
 //!
 //! service_tags = "/var/lib/tagwall/servicetags/servicetags-public-400.json" # default: newest stored
 //! internal_prefixes = ["10.0.0.0/16"] # the protected VNet (VirtualNetwork tag)
+//! outbound_dependencies = ["aml-outbound.json"] # `az ml workspace outbound-...` output
 //!
 //! [azureml]                          # the workspace: catalog requirements become rules
 //! cloud = "public"                   # public | government | china
@@ -159,6 +160,9 @@ pub struct Config {
     /// The protected network's own prefixes (the `VirtualNetwork` tag; inbound
     /// targets).
     pub internal_prefixes: Vec<IpNet>,
+    /// Outbound-dependencies API responses (AML, AKS, Batch, ...) whose endpoints
+    /// become rules (relative paths: relative to the config file).
+    pub outbound_dependencies: Vec<PathBuf>,
     pub management: Management,
     pub azureml: Option<AzureMl>,
     pub rules: Vec<UserRule>,

@@ -533,6 +533,86 @@ pub fn build(
     Ok(b.out)
 }
 
+/// Add the endpoints of an outbound-dependencies API response (`deps::load`) as
+/// rules: one rule per endpoint, named `deps:<category>:<domain>`, allowing its host
+/// name (exact, or `*.suffix`) on its ports, plus any IP addresses the response
+/// lists. Protocols `Http`/`Https`/`TCP` map to TCP, `UDP` to UDP; none given: TCP.
+///
+/// # Errors
+/// [`PolicyError::TooManyRules`].
+pub fn add_dependencies(
+    eff: &mut Effective,
+    endpoints: &[crate::deps::DepEndpoint],
+    origin: &str,
+) -> Result<(), PolicyError> {
+    for ep in endpoints {
+        let mut protos: Vec<Proto> = ep
+            .protocols
+            .iter()
+            .map(|p| {
+                if p.eq_ignore_ascii_case("udp") {
+                    Proto::UDP
+                } else {
+                    Proto::TCP
+                }
+            })
+            .collect();
+        protos.sort();
+        protos.dedup();
+        if protos.is_empty() {
+            protos.push(Proto::TCP);
+        }
+        let ports: Vec<PortRange> = if ep.ports.is_empty() {
+            vec![PortRange::ANY]
+        } else {
+            ep.ports.iter().map(|p| PortRange::single(*p)).collect()
+        };
+        for proto in protos {
+            let id = u32::try_from(eff.rules.len() + 1).unwrap_or(u32::MAX);
+            let name = format!(
+                "deps:{}:{}{}",
+                ep.category,
+                ep.domain,
+                if proto == Proto::UDP { ":udp" } else { "" }
+            );
+            let source = format!(
+                "{origin} (outbound dependencies, category {:?})",
+                ep.category
+            );
+            eff.rules.push(Rule {
+                id,
+                name: name.clone(),
+                direction: Direction::Outbound,
+                prefixes: ep.ip_addresses.iter().map(|a| IpNet::from(*a)).collect(),
+                proto,
+                ports: ports.clone(),
+                origin: source.clone(),
+            });
+            eff.provenance.push(Provenance {
+                rule_id: id,
+                name,
+                kind: RuleKind::User,
+                requirement: None,
+                source,
+                description: ep.description.clone().unwrap_or_default(),
+                service_tags: vec![],
+                fqdns: vec![ep.domain.clone()],
+            });
+            eff.fqdns.push(FqdnRule {
+                rule_id: id,
+                pattern: ep.domain.clone(),
+                direction: Direction::Outbound,
+                protocol: proto,
+                ports: ports.clone(),
+            });
+        }
+    }
+    if eff.rules.len() > tagwall_common::counters::MAX_RULES as usize - 1 {
+        return Err(PolicyError::TooManyRules(eff.rules.len()));
+    }
+    Ok(())
+}
+
 /// Counts for `tagwall compile`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {

@@ -511,3 +511,47 @@ fn editions_and_scenarios_change_the_policy() {
             .any(|n| n.why.contains("scenario"))
     );
 }
+
+#[test]
+fn outbound_dependencies_become_host_name_rules() {
+    let dir = std::env::temp_dir().join(format!("tw-deps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.toml");
+    let deps = testdata("deps/aks_OutboundNetworkDependenciesEndpointsList_2022-01-01.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            "outbound_dependencies = [{:?}]\n",
+            deps.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (_, eff) = tagwall::cli::policy::load(&cfg, None, &dir, &[]).unwrap();
+    let endpoints = tagwall::deps::load(&deps).unwrap();
+    assert!(!endpoints.is_empty());
+    for ep in &endpoints {
+        assert!(
+            eff.fqdns.iter().any(|f| f.pattern == ep.domain),
+            "{} missing",
+            ep.domain
+        );
+    }
+    // AKS lists NTP over UDP 123: a UDP rule, not TCP.
+    assert!(
+        eff.rules
+            .iter()
+            .any(|r| r.proto == Proto::UDP && r.ports.iter().any(|p| p.contains(123))),
+        "{:?}",
+        eff.rules.iter().map(|r| &r.name).collect::<Vec<_>>()
+    );
+    std::fs::write(&cfg, "outbound_dependencies = [\"missing.json\"]\n").unwrap();
+    let e = format!(
+        "{:#}",
+        tagwall::cli::policy::load(&cfg, None, &dir, &[]).unwrap_err()
+    );
+    assert!(
+        e.contains("outbound_dependencies") && e.contains("missing.json"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

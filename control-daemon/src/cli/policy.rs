@@ -55,7 +55,17 @@ pub fn load(
                 .with_context(|| format!("service tags needed by {needed}"))?,
         ),
     };
-    let eff = policy::build(&config, catalog, tags.as_ref(), iface_addrs)?;
+    let mut eff = policy::build(&config, catalog, tags.as_ref(), iface_addrs)?;
+    for p in &config.outbound_dependencies {
+        let p = if p.is_relative() {
+            config_path.parent().unwrap_or(Path::new(".")).join(p)
+        } else {
+            p.clone()
+        };
+        let endpoints = crate::deps::load(&p)
+            .with_context(|| format!("outbound_dependencies in {}", config_path.display()))?;
+        policy::add_dependencies(&mut eff, &endpoints, &p.display().to_string())?;
+    }
     Ok((config, eff))
 }
 
