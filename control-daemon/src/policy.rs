@@ -187,6 +187,19 @@ pub fn needs_tags(config: &Config, catalog: &Catalog) -> Option<String> {
         .map(|r| format!("catalog requirement {}", r.id))
 }
 
+/// Append a rule with the next id; its provenance takes the id and name.
+fn push_rule(eff: &mut Effective, mut rule: Rule, prov: Provenance) -> u32 {
+    let id = u32::try_from(eff.rules.len() + 1).unwrap_or(u32::MAX);
+    rule.id = id;
+    eff.provenance.push(Provenance {
+        rule_id: id,
+        name: rule.name.clone(),
+        ..prov
+    });
+    eff.rules.push(rule);
+    id
+}
+
 struct Builder<'a> {
     config: &'a Config,
     tags: Option<&'a ServiceTags>,
@@ -194,16 +207,8 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn push(&mut self, mut rule: Rule, prov: Provenance) -> u32 {
-        let id = u32::try_from(self.out.rules.len() + 1).unwrap_or(u32::MAX);
-        rule.id = id;
-        self.out.provenance.push(Provenance {
-            rule_id: id,
-            name: rule.name.clone(),
-            ..prov
-        });
-        self.out.rules.push(rule);
-        id
+    fn push(&mut self, rule: Rule, prov: Provenance) -> u32 {
+        push_rule(&mut self.out, rule, prov)
     }
 
     fn tags(&self, needed: &str) -> Result<&ServiceTags, PolicyError> {
@@ -568,7 +573,6 @@ pub fn add_dependencies(
             ep.ports.iter().map(|p| PortRange::single(*p)).collect()
         };
         for proto in protos {
-            let id = u32::try_from(eff.rules.len() + 1).unwrap_or(u32::MAX);
             let name = format!(
                 "deps:{}:{}{}",
                 ep.category,
@@ -579,25 +583,28 @@ pub fn add_dependencies(
                 "{origin} (outbound dependencies, category {:?})",
                 ep.category
             );
-            eff.rules.push(Rule {
-                id,
-                name: name.clone(),
-                direction: Direction::Outbound,
-                prefixes: ep.ip_addresses.iter().map(|a| IpNet::from(*a)).collect(),
-                proto,
-                ports: ports.clone(),
-                origin: source.clone(),
-            });
-            eff.provenance.push(Provenance {
-                rule_id: id,
-                name,
-                kind: RuleKind::User,
-                requirement: None,
-                source,
-                description: ep.description.clone().unwrap_or_default(),
-                service_tags: vec![],
-                fqdns: vec![ep.domain.clone()],
-            });
+            let id = push_rule(
+                eff,
+                Rule {
+                    id: 0,
+                    name,
+                    direction: Direction::Outbound,
+                    prefixes: ep.ip_addresses.iter().map(|a| IpNet::from(*a)).collect(),
+                    proto,
+                    ports: ports.clone(),
+                    origin: source.clone(),
+                },
+                Provenance {
+                    rule_id: 0,
+                    name: String::new(),
+                    kind: RuleKind::User,
+                    requirement: None,
+                    source,
+                    description: ep.description.clone().unwrap_or_default(),
+                    service_tags: vec![],
+                    fqdns: vec![ep.domain.clone()],
+                },
+            );
             eff.fqdns.push(FqdnRule {
                 rule_id: id,
                 pattern: ep.domain.clone(),

@@ -57,16 +57,21 @@ pub fn load(
     };
     let mut eff = policy::build(&config, catalog, tags.as_ref(), iface_addrs)?;
     for p in &config.outbound_dependencies {
-        let p = if p.is_relative() {
-            config_path.parent().unwrap_or(Path::new(".")).join(p)
-        } else {
-            p.clone()
-        };
+        let p = beside(config_path, p);
         let endpoints = crate::deps::load(&p)
             .with_context(|| format!("outbound_dependencies in {}", config_path.display()))?;
         policy::add_dependencies(&mut eff, &endpoints, &p.display().to_string())?;
     }
     Ok((config, eff))
+}
+
+/// Paths in a config are relative to the config file.
+fn beside(config_path: &Path, p: &Path) -> PathBuf {
+    if p.is_relative() {
+        config_path.parent().unwrap_or(Path::new(".")).join(p)
+    } else {
+        p.to_path_buf()
+    }
 }
 
 fn load_tags(
@@ -79,13 +84,7 @@ fn load_tags(
         return Ok(ServiceTags::load(p)?);
     }
     if let Some(p) = &config.service_tags {
-        // Relative paths are relative to the config file.
-        let p = if p.is_relative() {
-            config_path.parent().unwrap_or(Path::new(".")).join(p)
-        } else {
-            p.clone()
-        };
-        return Ok(ServiceTags::load(&p)?);
+        return Ok(ServiceTags::load(&beside(config_path, p))?);
     }
     let cloud = config.azureml.as_ref().map_or(Cloud::Public, |a| a.cloud);
     match store::load_latest(tags_dir, policy::tags_cloud_name(cloud))? {
