@@ -372,29 +372,6 @@ impl Config {
         }
         Ok(cfg)
     }
-
-    /// The CIDR-only rules: management allowances first (ids from 1), then user
-    /// rules' `to` prefixes. Service tags, host names and the catalog are resolved
-    /// by [`crate::policy::build`], which is what `tagwall run` uses.
-    #[must_use]
-    pub fn to_rules(&self, iface_addrs: &[IpAddr]) -> Vec<Rule> {
-        let mut rules = management_rules(&self.management, iface_addrs);
-        for r in &self.rules {
-            rules.push(Rule {
-                id: 0,
-                name: format!("user:{}", r.name.get_ref()),
-                direction: r.direction,
-                prefixes: r.to.iter().map(|n| *n.get_ref()).collect(),
-                proto: r.protocol,
-                ports: r.ports.clone(),
-                origin: format!("{} [[rules]] {}", self.origin.name, r.name.get_ref()),
-            });
-        }
-        for (i, r) in rules.iter_mut().enumerate() {
-            r.id = u32::try_from(i + 1).expect("rule count fits u32");
-        }
-        rules
-    }
 }
 
 fn host(a: IpAddr) -> IpNet {
@@ -504,7 +481,14 @@ protocol = "icmp"
             vec![PortRange::single(443), PortRange { lo: 8000, hi: 8080 }]
         );
         assert_eq!(c.rules[1].ports, vec![PortRange::ANY]);
-        let rules = c.to_rules(&["10.0.0.4".parse().unwrap()]);
+        let eff = crate::policy::build(
+            &c,
+            crate::catalog::Catalog::embedded(),
+            None,
+            &["10.0.0.4".parse().unwrap()],
+        )
+        .unwrap();
+        let rules = eff.rules;
         let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,

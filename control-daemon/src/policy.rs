@@ -97,7 +97,6 @@ pub struct Effective {
     pub not_applied: Vec<NotApplied>,
     /// `(cloud, changeNumber, origin)` of the Service Tags file used.
     pub tags: Option<(String, u64, String)>,
-    pub cloud: Option<Cloud>,
     pub audit: bool,
 }
 
@@ -187,17 +186,25 @@ pub fn needs_tags(config: &Config, catalog: &Catalog) -> Option<String> {
         .map(|r| format!("catalog requirement {}", r.id))
 }
 
-/// Append a rule with the next id; its provenance takes the id and name.
-fn push_rule(eff: &mut Effective, mut rule: Rule, prov: Provenance) -> u32 {
+/// Append a rule with the next id; its provenance takes the id and name, and each
+/// host name of the provenance becomes an [`FqdnRule`] with the rule's direction,
+/// protocol and ports.
+fn push_rule(eff: &mut Effective, mut rule: Rule, prov: Provenance) {
     let id = u32::try_from(eff.rules.len() + 1).unwrap_or(u32::MAX);
     rule.id = id;
+    eff.fqdns.extend(prov.fqdns.iter().map(|f| FqdnRule {
+        rule_id: id,
+        pattern: f.clone(),
+        direction: rule.direction,
+        protocol: rule.proto,
+        ports: rule.ports.clone(),
+    }));
     eff.provenance.push(Provenance {
         rule_id: id,
         name: rule.name.clone(),
         ..prov
     });
     eff.rules.push(rule);
-    id
 }
 
 struct Builder<'a> {
@@ -207,7 +214,7 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn push(&mut self, rule: Rule, prov: Provenance) -> u32 {
+    fn push(&mut self, rule: Rule, prov: Provenance) {
         push_rule(&mut self.out, rule, prov)
     }
 
@@ -308,7 +315,7 @@ impl Builder<'_> {
                 .map(|n| format!(" ({n})"))
                 .unwrap_or_default()
         );
-        let id = self.push(
+        self.push(
             Rule {
                 id: 0,
                 name: format!("aml:{}", req.id),
@@ -326,30 +333,10 @@ impl Builder<'_> {
                 source,
                 description: req.description.clone(),
                 service_tags: tag_uses,
-                fqdns: fqdns.clone(),
+                fqdns,
             },
         );
-        self.add_fqdns(id, &fqdns, req.direction, req.proto, &req.ports);
         Ok(())
-    }
-
-    fn add_fqdns(
-        &mut self,
-        id: u32,
-        fqdns: &[String],
-        direction: Direction,
-        proto: Proto,
-        ports: &[PortRange],
-    ) {
-        for f in fqdns {
-            self.out.fqdns.push(FqdnRule {
-                rule_id: id,
-                pattern: f.clone(),
-                direction,
-                protocol: proto,
-                ports: ports.to_vec(),
-            });
-        }
     }
 }
 
@@ -378,7 +365,6 @@ pub fn build(
             host_level: Vec::new(),
             not_applied: Vec::new(),
             tags: tags.map(|t| (t.cloud.clone(), t.change_number, t.origin().to_owned())),
-            cloud: config.azureml.as_ref().map(|a| a.cloud),
             audit: config.audit,
         },
     };
@@ -508,7 +494,7 @@ pub fn build(
             r.name.get_ref(),
             config.origin.line(r.name.span().start)
         );
-        let id = b.push(
+        b.push(
             Rule {
                 id: 0,
                 name: format!("user:{}", r.name.get_ref()),
@@ -526,10 +512,9 @@ pub fn build(
                 source,
                 description: String::new(),
                 service_tags: tag_uses,
-                fqdns: fqdns.clone(),
+                fqdns,
             },
         );
-        b.add_fqdns(id, &fqdns, r.direction, r.protocol, &r.ports);
     }
     let max = tagwall_common::counters::MAX_RULES as usize - 1;
     if b.out.rules.len() > max {
@@ -583,7 +568,7 @@ pub fn add_dependencies(
                 "{origin} (outbound dependencies, category {:?})",
                 ep.category
             );
-            let id = push_rule(
+            push_rule(
                 eff,
                 Rule {
                     id: 0,
@@ -605,13 +590,6 @@ pub fn add_dependencies(
                     fqdns: vec![ep.domain.clone()],
                 },
             );
-            eff.fqdns.push(FqdnRule {
-                rule_id: id,
-                pattern: ep.domain.clone(),
-                direction: Direction::Outbound,
-                protocol: proto,
-                ports: ports.clone(),
-            });
         }
     }
     if eff.rules.len() > tagwall_common::counters::MAX_RULES as usize - 1 {
