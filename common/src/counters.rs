@@ -29,12 +29,20 @@ impl Counter {
 /// Size of `RULE_STATS`. Rule ids are `1..MAX_RULES`.
 pub const MAX_RULES: u32 = 16384;
 
-/// Number of directions in `REASON_STATS`.
+/// Number of packet directions in `REASON_STATS`.
 pub const DIR_MAX: u32 = 2;
 /// Traffic leaving the protected network (lookup by destination).
 pub const DIR_EGRESS: u8 = 0;
 /// Traffic entering the protected network (lookup by source).
 pub const DIR_INGRESS: u8 = 1;
+/// LPM key direction of rules that match the *destination* whichever way the packet
+/// goes (management: SSH to the gateway itself, the Azure platform addresses). Only
+/// a key code, never a packet direction.
+pub const KEY_DIR_LOCAL: u8 = 2;
+/// LPM key direction of the protected network's own prefixes (`internal_prefixes`):
+/// on a one-NIC gateway a packet whose source is internal goes out, any other comes
+/// in. Only a key code, never a packet direction.
+pub const KEY_DIR_INTERNAL: u8 = 3;
 
 /// Index into `REASON_STATS`.
 #[must_use]
@@ -51,3 +59,21 @@ pub const ACTION_DROP: u32 = 1;
 /// Audit mode: the policy would have dropped the packet, but it was passed.
 pub const ACTION_AUDIT_PASS: u32 = 2;
 pub const ACTION_MAX: u32 = 3;
+
+/// Indices of `CT_STATS` (per-CPU packet counters of the connection tracker).
+/// A new flow was opened by a policy-allowed packet.
+pub const CT_NEW: u32 = 0;
+/// A packet matched a live flow.
+pub const CT_HIT: u32 = 1;
+/// A packet found its flow timed out; the entry was removed and the packet judged anew.
+pub const CT_EXPIRED: u32 = 2;
+/// Inserting a new flow failed (the table is full and could not evict): the packet
+/// still passed by policy, but its return traffic will be judged by policy too.
+pub const CT_INSERT_FAILED: u32 = 3;
+/// After a reload (new policy generation) a flow was checked again and still allowed.
+pub const CT_REVALIDATED: u32 = 4;
+/// After a reload a flow was checked again and is no longer allowed: entry removed.
+pub const CT_REVOKED: u32 = 5;
+/// A TCP RST or the second FIN closed a flow.
+pub const CT_CLOSED: u32 = 6;
+pub const CT_STATS_LEN: u32 = 8;

@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod counters;
+pub mod ct;
 pub mod policy;
 pub mod verdict;
 
@@ -23,12 +24,24 @@ pub mod names {
     pub const MAP_RULE_STATS: &str = "RULE_STATS";
     pub const MAP_REASON_STATS: &str = "REASON_STATS";
     pub const MAP_ACTION_STATS: &str = "ACTION_STATS";
+    pub const MAP_CONNTRACK: &str = "CONNTRACK";
+    pub const MAP_CT_STATS: &str = "CT_STATS";
+    /// TC programs for host mode (the host's own traffic, on its NIC).
+    pub const PROG_TC_EGRESS: &str = "tagwall_tc_egress";
+    pub const PROG_TC_INGRESS: &str = "tagwall_tc_ingress";
+    /// Stage 2 (policy and tracking), reached by tail call from the programs above.
+    pub const PROG_XDP_DECIDE: &str = "tagwall_xdp_decide";
+    pub const PROG_TC_DECIDE: &str = "tagwall_tc_decide";
+    /// The tail-call tables (one entry each: the stage-2 program).
+    pub const MAP_JUMP_XDP: &str = "JUMP_XDP";
+    pub const MAP_JUMP_TC: &str = "JUMP_TC";
 }
 
 #[cfg(feature = "user")]
 mod pod {
     use crate::{
         counters::Counter,
+        ct::{CtKey, CtTimeouts, CtValue},
         policy::{Config, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortRule, PortSet},
     };
 
@@ -41,4 +54,7 @@ mod pod {
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for PortSet {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for CtTimeouts {}
 }

@@ -139,7 +139,15 @@ impl Default for PortSet {
     }
 }
 
-/// Value of `CONFIG[0]`, read once per packet.
+/// `Config::flags`: internal prefixes are configured, so the XDP program decides the
+/// direction of a packet by its source (internal: outbound, else inbound). Without it
+/// every packet the XDP program sees is outbound.
+pub const CONFIG_F_DIRECTIONAL: u32 = 1;
+/// `Config::flags`: connection tracking is on.
+pub const CONFIG_F_CONNTRACK: u32 = 2;
+
+/// Value of `CONFIG[0]`, read once per packet. Written in one map update, so the slot,
+/// flags and timeouts of a policy switch together.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -147,8 +155,11 @@ pub struct Config {
     pub slot: u32,
     /// 1: audit mode: count what would be dropped, but pass it.
     pub audit: u32,
-    /// Policy generation (increments on each applied policy; for reports).
+    /// Policy generation (increments on each applied policy). Tracked flows remember
+    /// the generation that allowed them and are checked again when it changes.
     pub generation: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// `CONFIG_F_*` bits.
+    pub flags: u32,
+    /// Connection-tracking timeouts.
+    pub ct: crate::ct::CtTimeouts,
 }

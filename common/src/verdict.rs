@@ -9,6 +9,9 @@
 pub const REASON_ALLOWED: u8 = 0;
 /// Passed: not an IP packet (ARP, LLDP, ...). The policy is an IP policy.
 pub const REASON_NON_IP: u8 = 1;
+/// Passed: a later packet of a flow that an earlier packet opened through the policy
+/// (connection tracking: return traffic, and packets of a flow after its first).
+pub const REASON_ESTABLISHED: u8 = 2;
 
 /// First reason that drops.
 pub const FIRST_DROP: u8 = 8;
@@ -23,6 +26,10 @@ pub const REASON_MALFORMED: u8 = 10;
 pub const REASON_FRAGMENT: u8 = 11;
 /// Dropped: an IPv6 extension-header chain longer than the datapath walks.
 pub const REASON_EXT_HDR_LIMIT: u8 = 12;
+
+/// Dropped: the datapath could not finish (its stage-2 program is missing from the
+/// jump table). Never expected; counted so it cannot go unnoticed.
+pub const REASON_INTERNAL: u8 = 13;
 
 /// Number of reason slots per direction in `REASON_STATS`.
 pub const REASON_MAX: u32 = 16;
@@ -39,22 +46,26 @@ pub const fn reason_name(reason: u8) -> &'static str {
     match reason {
         REASON_ALLOWED => "allowed",
         REASON_NON_IP => "non_ip",
+        REASON_ESTABLISHED => "established",
         REASON_NO_MATCH => "no_match",
         REASON_PORT => "port",
         REASON_MALFORMED => "malformed",
         REASON_FRAGMENT => "fragment",
         REASON_EXT_HDR_LIMIT => "ext_hdr_limit",
+        REASON_INTERNAL => "internal",
         _ => "unknown",
     }
 }
 
 /// Every defined reason, in numeric order.
-pub const ALL_REASONS: [u8; 7] = [
+pub const ALL_REASONS: [u8; 9] = [
     REASON_ALLOWED,
     REASON_NON_IP,
+    REASON_ESTABLISHED,
     REASON_NO_MATCH,
     REASON_PORT,
     REASON_MALFORMED,
     REASON_FRAGMENT,
     REASON_EXT_HDR_LIMIT,
+    REASON_INTERNAL,
 ];

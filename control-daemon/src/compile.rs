@@ -257,7 +257,7 @@ pub fn compile(rules: &[Rule], max_sets: usize) -> Result<CompiledPolicy, Compil
         sets: Vec::new(),
     };
     let mut policy = CompiledPolicy::default();
-    for dir in [Direction::Outbound, Direction::Inbound] {
+    for dir in [Direction::Outbound, Direction::Inbound, Direction::Local] {
         let mut v4: BTreeMap<Pfx, Vec<PortRule>> = BTreeMap::new();
         let mut v6: BTreeMap<Pfx, Vec<PortRule>> = BTreeMap::new();
         for r in rules.iter().filter(|r| r.direction == dir) {

@@ -83,6 +83,82 @@ impl Default for Management {
     }
 }
 
+/// Connection tracking. Written by hand: every field has a commented default.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Conntrack {
+    /// Track flows: return traffic of allowed flows passes, unsolicited inbound is
+    /// judged by inbound rules. Off: every packet is judged by the policy alone.
+    pub enabled: bool,
+    /// Capacity of the flow table (LRU: the least recently used flow is evicted).
+    /// Read when the datapath is first loaded; a restart that adopts it keeps its size.
+    pub max_entries: u32,
+    /// Idle timeouts in seconds, per state.
+    pub tcp_syn_sent: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub tcp_closed: u32,
+    pub udp_unreplied: u32,
+    pub udp_replied: u32,
+    pub icmp: u32,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        let t = tagwall_common::ct::CtTimeouts::default();
+        Self {
+            enabled: true,
+            max_entries: tagwall_common::ct::DEFAULT_CT_MAX_ENTRIES,
+            tcp_syn_sent: t.tcp_syn_sent,
+            tcp_established: t.tcp_established,
+            tcp_closing: t.tcp_closing,
+            tcp_closed: t.tcp_closed,
+            udp_unreplied: t.udp_unreplied,
+            udp_replied: t.udp_replied,
+            icmp: t.icmp,
+        }
+    }
+}
+
+impl Conntrack {
+    /// The datapath timeouts, or `None` when tracking is off.
+    #[must_use]
+    pub fn timeouts(&self) -> Option<tagwall_common::ct::CtTimeouts> {
+        self.enabled.then_some(tagwall_common::ct::CtTimeouts {
+            tcp_syn_sent: self.tcp_syn_sent,
+            tcp_established: self.tcp_established,
+            tcp_closing: self.tcp_closing,
+            tcp_closed: self.tcp_closed,
+            udp_unreplied: self.udp_unreplied,
+            udp_replied: self.udp_replied,
+            icmp: self.icmp,
+            _pad: 0,
+        })
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.max_entries == 0 {
+            return Err("field `conntrack.max_entries`: must be at least 1".to_owned());
+        }
+        for (name, v) in [
+            ("tcp_syn_sent", self.tcp_syn_sent),
+            ("tcp_established", self.tcp_established),
+            ("tcp_closing", self.tcp_closing),
+            ("tcp_closed", self.tcp_closed),
+            ("udp_unreplied", self.udp_unreplied),
+            ("udp_replied", self.udp_replied),
+            ("icmp", self.icmp),
+        ] {
+            if v == 0 || v > 7 * 24 * 3600 {
+                return Err(format!(
+                    "field `conntrack.{name}`: {v} s is out of range (1 s to 7 days)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A user rule as written in the file. Destinations are any mix of CIDRs (`to`),
 /// service tags (`service_tags`, resolved against the Service Tags file) and host
 /// names (`fqdns`, exact or `*.suffix`, resolved by DNS).
@@ -164,6 +240,7 @@ pub struct Config {
     /// become rules (relative paths: relative to the config file).
     pub outbound_dependencies: Vec<PathBuf>,
     pub management: Management,
+    pub conntrack: Conntrack,
     pub azureml: Option<AzureMl>,
     pub rules: Vec<UserRule>,
     /// Where the config came from, for error messages (file name and line starts).
@@ -337,6 +414,7 @@ impl Config {
                 }
             }
         }
+        cfg.conntrack.check().map_err(invalid)?;
         for net in &cfg.internal_prefixes {
             if net.trunc() != *net {
                 return Err(invalid(format!(
@@ -382,7 +460,9 @@ fn mgmt(name: &str, prefixes: Vec<IpNet>, proto: Proto, ports: Vec<PortRange>, w
     Rule {
         id: 0,
         name: format!("mgmt:{name}"),
-        direction: Direction::Outbound,
+        // Management traffic is matched by destination whichever way it goes (SSH to
+        // the gateway comes in; platform DNS goes out).
+        direction: Direction::Local,
         prefixes,
         proto,
         ports,

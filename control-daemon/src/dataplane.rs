@@ -10,15 +10,24 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{Xdp, XdpMode},
+    maps::{
+        Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, ProgramArray,
+        lpm_trie::Key,
+    },
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
 };
+use ipnet::IpNet;
 use tagwall_common::{
-    counters::{ACTION_MAX, Counter, DIR_MAX, MAX_RULES, reason_index},
+    counters::{ACTION_MAX, Counter, DIR_MAX, KEY_DIR_INTERNAL, MAX_RULES, reason_index},
+    ct::{CtKey, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES},
     names,
     policy::{
-        Config as DpConfig, DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS,
-        MAX_PORT_RULES, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
+        CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, Config as DpConfig, DEFAULT_MAX_PREFIXES,
+        DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES, PolicyKeyV4, PolicyKeyV6, PolicyValue,
+        PortSet,
     },
     verdict::ALL_REASONS,
 };
@@ -35,7 +44,7 @@ pub static EBPF_OBJECT: &[u8] =
 pub const OLD_SLOT_GRACE: Duration = Duration::from_millis(5);
 
 /// Maps pinned in bpffs (so `tagwall counters` and a restarted daemon find them).
-pub const PINNED_MAPS: [&str; 7] = [
+pub const PINNED_MAPS: [&str; 9] = [
     names::MAP_POLICY_V4,
     names::MAP_POLICY_V6,
     names::MAP_PORT_SETS,
@@ -43,7 +52,12 @@ pub const PINNED_MAPS: [&str; 7] = [
     names::MAP_RULE_STATS,
     names::MAP_REASON_STATS,
     names::MAP_ACTION_STATS,
+    names::MAP_CONNTRACK,
+    names::MAP_CT_STATS,
 ];
+
+/// Prefix of pinned link files: `link-xdp-<iface>`, `link-tc-egress-<iface>`, ...
+pub const LINK_PIN_PREFIX: &str = "link-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -54,8 +68,16 @@ pub enum DataplaneError {
     EmptyObject,
     #[error("loading the eBPF object failed: {0}; are you root (CAP_BPF, CAP_NET_ADMIN)?")]
     Load(#[source] aya::EbpfError),
-    #[error("the kernel rejected the XDP program: {0}")]
-    Verifier(#[source] aya::programs::ProgramError),
+    #[error("the kernel rejected program {prog}: {source}")]
+    Verifier {
+        prog: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("duplicating a program fd for the tail-call table: {0}")]
+    ProgFd(#[source] std::io::Error),
+    #[error("program {name} is missing from the eBPF object")]
+    MissingProgram { name: &'static str },
     #[error("map {name} is missing from the eBPF object")]
     MissingMap { name: &'static str },
     #[error("map {name}: {source}")]
@@ -69,11 +91,19 @@ pub enum DataplaneError {
          restart with a larger `limits.port_sets`"
     )]
     SetsFull { needed: usize, have: u32 },
-    #[error("cannot attach XDP to {iface}: {source}")]
+    #[error("cannot attach {what} to {iface}: {source}")]
     Attach {
+        what: &'static str,
         iface: String,
         #[source]
         source: aya::programs::ProgramError,
+    },
+    #[error("pinning the {what} link of {iface} at {path}: {detail}")]
+    PinLink {
+        what: &'static str,
+        iface: String,
+        path: String,
+        detail: String,
     },
     #[error("pin directory {path}: {source}; is bpffs mounted there (`mount -t bpf bpf DIR`)?")]
     PinDir {
@@ -110,6 +140,8 @@ pub struct LoadOptions {
     pub pin_dir: Option<PathBuf>,
     pub max_prefixes: u32,
     pub sets_per_slot: u32,
+    /// Capacity of the connection-tracking table (LRU).
+    pub ct_max_entries: u32,
     /// aya-log level in the datapath (0 off .. 5 trace).
     pub log_level: u8,
 }
@@ -120,9 +152,44 @@ impl Default for LoadOptions {
             pin_dir: None,
             max_prefixes: DEFAULT_MAX_PREFIXES,
             sets_per_slot: DEFAULT_SETS_PER_SLOT,
+            ct_max_entries: DEFAULT_CT_MAX_ENTRIES,
             log_level: 0,
         }
     }
+}
+
+/// Per-policy datapath settings, switched together with the policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Count what would be dropped, but pass it.
+    pub audit: bool,
+    /// The protected network's prefixes. Non-empty: the XDP program decides a
+    /// packet's direction by its source (internal: outbound; else inbound).
+    pub internal: Vec<IpNet>,
+    /// Connection tracking with these timeouts; `None`: stateless.
+    pub conntrack: Option<CtTimeouts>,
+}
+
+impl Settings {
+    /// Stateless, enforcing, no internal prefixes.
+    #[must_use]
+    pub fn stateless(audit: bool) -> Self {
+        Self {
+            audit,
+            ..Self::default()
+        }
+    }
+}
+
+/// How a program came to be attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// Attached now, in this XDP mode.
+    Xdp(XdpMode),
+    /// TC (TCX link) attached now.
+    Tc,
+    /// A pinned link from an earlier run was found and kept (no gap, no reattach).
+    Adopted,
 }
 
 /// What [`Dataplane::apply`] did.
@@ -140,6 +207,41 @@ pub struct Dataplane {
     ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     sets_per_slot: u32,
+    pin_dir: Option<PathBuf>,
+    /// Links this process attached or adopted, pinned (dropping them keeps them).
+    links: Vec<PinnedLink>,
+}
+
+/// Load an XDP program of the object; returns a copy of its fd.
+fn load_xdp(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::programs::ProgramFd> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DataplaneError::MissingProgram { name })?
+        .try_into()
+        .map_err(verifier(name))?;
+    prog.load().map_err(verifier(name))?;
+    prog.fd()
+        .map_err(verifier(name))?
+        .try_clone()
+        .map_err(DataplaneError::ProgFd)
+}
+
+/// Load a TC program of the object; returns a copy of its fd.
+fn load_tc(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::programs::ProgramFd> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(DataplaneError::MissingProgram { name })?
+        .try_into()
+        .map_err(verifier(name))?;
+    prog.load().map_err(verifier(name))?;
+    prog.fd()
+        .map_err(verifier(name))?
+        .try_clone()
+        .map_err(DataplaneError::ProgFd)
+}
+
+fn verifier(prog: &'static str) -> impl Fn(aya::programs::ProgramError) -> DataplaneError {
+    move |source| DataplaneError::Verifier { prog, source }
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -167,10 +269,15 @@ impl Dataplane {
             None => Vec::new(),
         };
         let mut loader = EbpfLoader::new();
+        // TAGWALL_VERIFIER_LOG=1: full verifier logs in load errors (debugging).
+        if std::env::var_os("TAGWALL_VERIFIER_LOG").is_some() {
+            loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+        }
         loader
             .map_max_entries(names::MAP_POLICY_V4, opts.max_prefixes)
             .map_max_entries(names::MAP_POLICY_V6, opts.max_prefixes)
             .map_max_entries(names::MAP_PORT_SETS, 2 * opts.sets_per_slot)
+            .map_max_entries(names::MAP_CONNTRACK, opts.ct_max_entries)
             .override_global(aya_log::LEVEL, &opts.log_level, false);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
@@ -183,16 +290,28 @@ impl Dataplane {
                 None
             }
         };
-        let prog: &mut Xdp = ebpf
-            .program_mut(names::PROG_XDP)
-            .expect("tagwall_xdp in the object")
-            .try_into()
-            .map_err(DataplaneError::Verifier)?;
-        prog.load().map_err(DataplaneError::Verifier)?;
+        load_xdp(&mut ebpf, names::PROG_XDP)?;
+        let xdp_decide = load_xdp(&mut ebpf, names::PROG_XDP_DECIDE)?;
+        load_tc(&mut ebpf, names::PROG_TC_EGRESS)?;
+        load_tc(&mut ebpf, names::PROG_TC_INGRESS)?;
+        let tc_decide = load_tc(&mut ebpf, names::PROG_TC_DECIDE)?;
+        for (name, fd) in [
+            (names::MAP_JUMP_XDP, &xdp_decide),
+            (names::MAP_JUMP_TC, &tc_decide),
+        ] {
+            let map = ebpf
+                .map_mut(name)
+                .ok_or(DataplaneError::MissingMap { name })?;
+            let mut jump: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(map).map_err(map_err(name))?;
+            jump.set(0, fd, 0).map_err(map_err(name))?;
+        }
         Ok(Self {
             ebpf,
             logger,
             sets_per_slot: opts.sets_per_slot,
+            pin_dir: opts.pin_dir.clone(),
+            links: Vec::new(),
         })
     }
 
@@ -218,9 +337,9 @@ impl Dataplane {
             .program_mut(names::PROG_FLOOR)
             .expect("tagwall_floor in the object")
             .try_into()
-            .map_err(DataplaneError::Verifier)?;
+            .map_err(verifier(names::PROG_FLOOR))?;
         if prog.fd().is_err() {
-            prog.load().map_err(DataplaneError::Verifier)?;
+            prog.load().map_err(verifier(names::PROG_FLOOR))?;
         }
         Ok(prog)
     }
@@ -230,33 +349,111 @@ impl Dataplane {
         self.logger.take()
     }
 
-    /// Attach to `iface`. Returns the mode that worked.
+    /// Attach XDP to `iface` (gateway mode). With a pin directory the link is
+    /// pinned there, and a link pinned by an earlier run is adopted instead.
     ///
     /// # Errors
     /// [`DataplaneError::Attach`] with the kernel's reason.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode> {
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {
+        let pin = self.link_pin("xdp", iface);
+        if let Some(link) = adopt(pin.as_deref()) {
+            self.links.push(link);
+            return Ok(Attached::Adopted);
+        }
         let prog = self.xdp();
         let attach = |prog: &mut Xdp, m: XdpMode| {
             prog.attach(iface, m)
                 .map_err(|source| DataplaneError::Attach {
+                    what: "XDP",
                     iface: iface.to_owned(),
                     source,
                 })
         };
-        match mode {
-            AttachMode::Native => attach(prog, XdpMode::Driver).map(|_| XdpMode::Driver),
-            AttachMode::Generic => attach(prog, XdpMode::Skb).map(|_| XdpMode::Skb),
+        let (id, used) = match mode {
+            AttachMode::Native => (attach(prog, XdpMode::Driver)?, XdpMode::Driver),
+            AttachMode::Generic => (attach(prog, XdpMode::Skb)?, XdpMode::Skb),
             AttachMode::Auto => match attach(prog, XdpMode::Driver) {
-                Ok(_) => Ok(XdpMode::Driver),
+                Ok(id) => (id, XdpMode::Driver),
                 Err(e) => {
                     tracing::warn!(
                         "native XDP attach to {iface} failed ({e}); falling back to generic \
                          (SKB) mode, which is slower"
                     );
-                    attach(prog, XdpMode::Skb).map(|_| XdpMode::Skb)
+                    (attach(prog, XdpMode::Skb)?, XdpMode::Skb)
                 }
             },
+        };
+        if let Some(path) = pin {
+            let link = self
+                .xdp()
+                .take_link(id)
+                .map_err(|source| DataplaneError::Attach {
+                    what: "XDP",
+                    iface: iface.to_owned(),
+                    source,
+                })?;
+            let fd = FdLink::try_from(link).map_err(|e| pin_err("XDP", iface, &path, &e))?;
+            self.links.push(pin_link(fd, "XDP", iface, &path)?);
         }
+        Ok(Attached::Xdp(used))
+    }
+
+    /// Attach the TC programs to `iface`'s egress and ingress (host mode), pinned and
+    /// adopted like [`Self::attach`].
+    ///
+    /// # Errors
+    /// [`DataplaneError::Attach`] with the kernel's reason.
+    pub fn attach_tc(&mut self, iface: &str) -> Result<Attached> {
+        let mut adopted = true;
+        for (name, what, ty, tag) in [
+            (
+                names::PROG_TC_EGRESS,
+                "TC egress",
+                TcAttachType::Egress,
+                "tc-egress",
+            ),
+            (
+                names::PROG_TC_INGRESS,
+                "TC ingress",
+                TcAttachType::Ingress,
+                "tc-ingress",
+            ),
+        ] {
+            let pin = self.link_pin(tag, iface);
+            if let Some(link) = adopt(pin.as_deref()) {
+                self.links.push(link);
+                continue;
+            }
+            adopted = false;
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .expect("TC programs in the object")
+                .try_into()
+                .expect("TC programs are classifiers");
+            let err = |source| DataplaneError::Attach {
+                what,
+                iface: iface.to_owned(),
+                source,
+            };
+            let id = prog.attach(iface, ty).map_err(err)?;
+            if let Some(path) = pin {
+                let link = prog.take_link(id).map_err(err)?;
+                let fd = FdLink::try_from(link).map_err(|e| pin_err(what, iface, &path, &e))?;
+                self.links.push(pin_link(fd, what, iface, &path)?);
+            }
+        }
+        Ok(if adopted {
+            Attached::Adopted
+        } else {
+            Attached::Tc
+        })
+    }
+
+    fn link_pin(&self, tag: &str, iface: &str) -> Option<PathBuf> {
+        self.pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("{LINK_PIN_PREFIX}{tag}-{iface}")))
     }
 
     fn config(&self) -> Result<DpConfig> {
@@ -276,7 +473,7 @@ impl Dataplane {
     ///
     /// # Errors
     /// Map errors, or [`DataplaneError::SetsFull`] (nothing is switched then).
-    pub fn apply(&mut self, policy: &CompiledPolicy, audit: bool) -> Result<ApplyStats> {
+    pub fn apply(&mut self, policy: &CompiledPolicy, settings: &Settings) -> Result<ApplyStats> {
         if policy.sets.len() > self.sets_per_slot as usize {
             return Err(DataplaneError::SetsFull {
                 needed: policy.sets.len(),
@@ -353,7 +550,15 @@ impl Dataplane {
                 .map_err(map_err(names::MAP_POLICY_V6))?;
             }
         }
+        self.write_internal(new, &settings.internal)?;
         let generation = cur.generation.wrapping_add(1);
+        let mut flags = 0;
+        if !settings.internal.is_empty() {
+            flags |= CONFIG_F_DIRECTIONAL;
+        }
+        if settings.conntrack.is_some() {
+            flags |= CONFIG_F_CONNTRACK;
+        }
         {
             let map = self.map_mut(names::MAP_CONFIG)?;
             let mut arr: Array<&mut MapData, DpConfig> =
@@ -362,9 +567,10 @@ impl Dataplane {
                 0,
                 DpConfig {
                     slot: u32::from(new),
-                    audit: u32::from(audit),
+                    audit: u32::from(settings.audit),
                     generation,
-                    _reserved: 0,
+                    flags,
+                    ct: settings.conntrack.unwrap_or_default(),
                 },
                 0,
             )
@@ -379,6 +585,82 @@ impl Dataplane {
             sets: policy.sets.len(),
             removed_old,
         })
+    }
+
+    /// Internal prefixes of `slot` (`KEY_DIR_INTERNAL` entries; the value is unused).
+    fn write_internal(&mut self, slot: u8, internal: &[IpNet]) -> Result<()> {
+        let value = PolicyValue {
+            set_id: 0,
+            flags: 0,
+        };
+        for net in internal {
+            match net {
+                IpNet::V4(n) => {
+                    let map = self.map_mut(names::MAP_POLICY_V4)?;
+                    let mut trie: LpmTrie<&mut MapData, PolicyKeyV4, PolicyValue> =
+                        LpmTrie::try_from(map).map_err(map_err(names::MAP_POLICY_V4))?;
+                    let key = Key::new(
+                        KEY_HDR_BITS + u32::from(n.prefix_len()),
+                        PolicyKeyV4 {
+                            slot,
+                            dir: KEY_DIR_INTERNAL,
+                            _pad: [0; 2],
+                            addr: n.network().octets(),
+                        },
+                    );
+                    trie.insert(&key, value, 0)
+                        .map_err(map_err(names::MAP_POLICY_V4))?;
+                }
+                IpNet::V6(n) => {
+                    let map = self.map_mut(names::MAP_POLICY_V6)?;
+                    let mut trie: LpmTrie<&mut MapData, PolicyKeyV6, PolicyValue> =
+                        LpmTrie::try_from(map).map_err(map_err(names::MAP_POLICY_V6))?;
+                    let key = Key::new(
+                        KEY_HDR_BITS + u32::from(n.prefix_len()),
+                        PolicyKeyV6 {
+                            slot,
+                            dir: KEY_DIR_INTERNAL,
+                            _pad: [0; 2],
+                            addr: n.network().octets(),
+                        },
+                    );
+                    trie.insert(&key, value, 0)
+                        .map_err(map_err(names::MAP_POLICY_V6))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tracked flows (for listings and tests).
+    ///
+    /// # Errors
+    /// Map errors.
+    pub fn flows(&self) -> Result<Vec<(CtKey, CtValue)>> {
+        let map = self
+            .ebpf
+            .map(names::MAP_CONNTRACK)
+            .ok_or(DataplaneError::MissingMap {
+                name: names::MAP_CONNTRACK,
+            })?;
+        let ct: BpfHashMap<&MapData, CtKey, CtValue> =
+            BpfHashMap::try_from(map).map_err(map_err(names::MAP_CONNTRACK))?;
+        Ok(ct.iter().filter_map(std::result::Result::ok).collect())
+    }
+
+    /// Forget every tracked flow (tests).
+    ///
+    /// # Errors
+    /// Map errors.
+    pub fn clear_flows(&mut self) -> Result<usize> {
+        let keys: Vec<CtKey> = self.flows()?.into_iter().map(|(k, _)| k).collect();
+        let map = self.map_mut(names::MAP_CONNTRACK)?;
+        let mut ct: BpfHashMap<&mut MapData, CtKey, CtValue> =
+            BpfHashMap::try_from(map).map_err(map_err(names::MAP_CONNTRACK))?;
+        for k in &keys {
+            let _ = ct.remove(k);
+        }
+        Ok(keys.len())
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map> {
@@ -446,18 +728,98 @@ impl Dataplane {
             &arr(names::MAP_RULE_STATS)?,
             &arr(names::MAP_REASON_STATS)?,
             &arr(names::MAP_ACTION_STATS)?,
+            &arr(names::MAP_CT_STATS)?,
             self.config()?,
             rule_ids,
         )
     }
 }
 
+/// Re-open a link pinned by an earlier run, if there is one and it is still attached.
+fn adopt(path: Option<&Path>) -> Option<PinnedLink> {
+    let path = path?;
+    if !path.exists() {
+        return None;
+    }
+    match PinnedLink::from_pin(path) {
+        Ok(link) => Some(link),
+        Err(e) => {
+            tracing::warn!(
+                "pinned link {} cannot be opened ({e}); removing it and attaching anew",
+                path.display()
+            );
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    }
+}
+
+fn pin_err(
+    what: &'static str,
+    iface: &str,
+    path: &Path,
+    e: &dyn std::fmt::Display,
+) -> DataplaneError {
+    DataplaneError::PinLink {
+        what,
+        iface: iface.to_owned(),
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+fn pin_link(fd: FdLink, what: &'static str, iface: &str, path: &Path) -> Result<PinnedLink> {
+    fd.pin(path).map_err(|e| pin_err(what, iface, path, &e))
+}
+
+/// Remove everything pinned under `pin_dir`: links first (which detaches the programs
+/// once no process holds them), then maps. Returns the links removed.
+///
+/// # Errors
+/// I/O errors other than "not found".
+pub fn remove_pins(pin_dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut links = Vec::new();
+    let entries = match std::fs::read_dir(pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(links),
+        Err(e) => return Err(e),
+    };
+    let mut maps = Vec::new();
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(LINK_PIN_PREFIX) {
+            std::fs::remove_file(e.path())?;
+            links.push(name);
+        } else {
+            maps.push(e.path());
+        }
+    }
+    for m in maps {
+        std::fs::remove_file(m)?;
+    }
+    std::fs::remove_dir(pin_dir)?;
+    Ok(links)
+}
+
 const fn dir_code(d: Direction) -> u8 {
     match d {
         Direction::Outbound => tagwall_common::counters::DIR_EGRESS,
         Direction::Inbound => tagwall_common::counters::DIR_INGRESS,
+        Direction::Local => tagwall_common::counters::KEY_DIR_LOCAL,
     }
 }
+
+/// Names of the `CT_STATS` counters, by index.
+pub const CT_STAT_NAMES: [&str; 7] = [
+    "new",
+    "hit",
+    "expired",
+    "insert_failed",
+    "revalidated",
+    "revoked",
+    "closed",
+];
 
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -468,6 +830,8 @@ pub struct Counters {
     pub reasons: BTreeMap<(u8, u8), Counter>,
     /// `ACTION_*` index -> counter.
     pub actions: [Counter; ACTION_MAX as usize],
+    /// Connection tracker events (`CT_*` index -> packets), see [`CT_STAT_NAMES`].
+    pub conntrack: [u64; CT_STAT_NAMES.len()],
     pub generation: u32,
     pub audit: bool,
 }
@@ -487,6 +851,7 @@ impl Counters {
         rules: &PerCpuArray<T, Counter>,
         reasons: &PerCpuArray<T, Counter>,
         actions: &PerCpuArray<T, Counter>,
+        ct: &PerCpuArray<T, Counter>,
         cfg: DpConfig,
         rule_ids: impl IntoIterator<Item = u32>,
     ) -> Result<Self> {
@@ -509,6 +874,11 @@ impl Counters {
                     out.reasons.insert((dir, reason), c);
                 }
             }
+        }
+        for (i, slot) in out.conntrack.iter_mut().enumerate() {
+            *slot = sum_percpu(ct, u32::try_from(i).expect("small"))
+                .map_err(map_err(names::MAP_CT_STATS))?
+                .packets;
         }
         for (i, slot) in out.actions.iter_mut().enumerate() {
             *slot = sum_percpu(actions, u32::try_from(i).expect("small"))
@@ -538,6 +908,7 @@ impl Counters {
             &arr(names::MAP_RULE_STATS)?,
             &arr(names::MAP_REASON_STATS)?,
             &arr(names::MAP_ACTION_STATS)?,
+            &arr(names::MAP_CT_STATS)?,
             cfg,
             1..MAX_RULES,
         )

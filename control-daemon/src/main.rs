@@ -25,6 +25,10 @@ enum Cmd {
     Run(cli::run::Args),
     /// Print the counters of a running datapath.
     Counters(cli::counters::Args),
+    /// Check the config again and make the running daemon switch to it atomically.
+    Reload(cli::lifecycle::ReloadArgs),
+    /// Stop the daemon and remove the datapath from the interface(s).
+    Detach(cli::lifecycle::DetachArgs),
     /// Build the effective policy of a config and print a summary (no kernel needed).
     Compile(cli::policy::CompileArgs),
     /// Say whether an address/port is allowed by a config, and why.
@@ -47,6 +51,8 @@ fn main() -> ExitCode {
     let res = match args.cmd {
         Cmd::Run(a) => cli::run::run(&a),
         Cmd::Counters(a) => cli::counters::run(&a),
+        Cmd::Reload(a) => cli::lifecycle::reload(&a),
+        Cmd::Detach(a) => cli::lifecycle::detach(&a),
         Cmd::Compile(a) => cli::policy::compile(&a),
         Cmd::Explain(a) => cli::policy::explain(&a),
         Cmd::Export(a) => cli::policy::export(&a),

@@ -7,8 +7,9 @@
 //! * `allow4_proto` / `allow6_proto`: `addr . l4proto` for protocol rules with any port;
 //! * `allow4_port` / `allow6_port`: `addr . l4proto . dport-range` for TCP/UDP ports.
 //!
-//! Inbound rules are left out (a comment says so): they belong to tagwall's inbound
-//! mode, not to a destination-matching forward chain.
+//! Local (management) rules get their own `local*` sets, checked after the `allow*`
+//! ones. Inbound rules are left out (a comment says so): they belong to tagwall's
+//! inbound mode, not to a destination-matching forward chain.
 
 use std::{
     fmt::Write as _,
@@ -168,32 +169,6 @@ pub fn render(
     audit: bool,
     header: &str,
 ) -> String {
-    let p4: Vec<_> = policy
-        .v4
-        .iter()
-        .filter(|(d, _, _)| *d == Direction::Outbound)
-        .map(|(_, n, s)| {
-            (
-                u128::from(u32::from(n.network())),
-                u128::from(u32::from(n.broadcast())),
-                n.prefix_len(),
-                *s,
-            )
-        })
-        .collect();
-    let p6: Vec<_> = policy
-        .v6
-        .iter()
-        .filter(|(d, _, _)| *d == Direction::Outbound)
-        .map(|(_, n, s)| {
-            (
-                u128::from(n.network()),
-                u128::from(n.broadcast()),
-                n.prefix_len(),
-                *s,
-            )
-        })
-        .collect();
     let inbound = policy
         .v4
         .iter()
@@ -204,8 +179,6 @@ pub fn render(
             .iter()
             .filter(|(d, _, _)| *d == Direction::Inbound)
             .count();
-    let s4 = fill(&segments(p4), policy, range4);
-    let s6 = fill(&segments(p6), policy, range6);
     let mut out = String::new();
     for l in header.lines() {
         let _ = writeln!(out, "# {l}");
@@ -219,32 +192,69 @@ pub fn render(
     let _ = writeln!(out, "table inet {table}");
     let _ = writeln!(out, "delete table inet {table}");
     let _ = writeln!(out, "table inet {table} {{");
-    set_block(&mut out, "allow4_any", "ipv4_addr", &s4.any);
-    set_block(
-        &mut out,
-        "allow4_proto",
-        "ipv4_addr . inet_proto",
-        &s4.proto,
-    );
-    set_block(
-        &mut out,
-        "allow4_port",
-        "ipv4_addr . inet_proto . inet_service",
-        &s4.port,
-    );
-    set_block(&mut out, "allow6_any", "ipv6_addr", &s6.any);
-    set_block(
-        &mut out,
-        "allow6_proto",
-        "ipv6_addr . inet_proto",
-        &s6.proto,
-    );
-    set_block(
-        &mut out,
-        "allow6_port",
-        "ipv6_addr . inet_proto . inet_service",
-        &s6.port,
-    );
+    // Outbound rules, then local (management) rules: both match the destination; as
+    // in the datapath, a packet passes if either group allows it.
+    let mut groups = Vec::new();
+    for (dir, name) in [(Direction::Outbound, "allow"), (Direction::Local, "local")] {
+        let p4: Vec<_> = policy
+            .v4
+            .iter()
+            .filter(|(d, _, _)| *d == dir)
+            .map(|(_, n, s)| {
+                (
+                    u128::from(u32::from(n.network())),
+                    u128::from(u32::from(n.broadcast())),
+                    n.prefix_len(),
+                    *s,
+                )
+            })
+            .collect();
+        let p6: Vec<_> = policy
+            .v6
+            .iter()
+            .filter(|(d, _, _)| *d == dir)
+            .map(|(_, n, s)| {
+                (
+                    u128::from(n.network()),
+                    u128::from(n.broadcast()),
+                    n.prefix_len(),
+                    *s,
+                )
+            })
+            .collect();
+        if dir == Direction::Local && p4.is_empty() && p6.is_empty() {
+            continue;
+        }
+        let s4 = fill(&segments(p4), policy, range4);
+        let s6 = fill(&segments(p6), policy, range6);
+        set_block(&mut out, &format!("{name}4_any"), "ipv4_addr", &s4.any);
+        set_block(
+            &mut out,
+            &format!("{name}4_proto"),
+            "ipv4_addr . inet_proto",
+            &s4.proto,
+        );
+        set_block(
+            &mut out,
+            &format!("{name}4_port"),
+            "ipv4_addr . inet_proto . inet_service",
+            &s4.port,
+        );
+        set_block(&mut out, &format!("{name}6_any"), "ipv6_addr", &s6.any);
+        set_block(
+            &mut out,
+            &format!("{name}6_proto"),
+            "ipv6_addr . inet_proto",
+            &s6.proto,
+        );
+        set_block(
+            &mut out,
+            &format!("{name}6_port"),
+            "ipv6_addr . inet_proto . inet_service",
+            &s6.port,
+        );
+        groups.push(name);
+    }
     let _ = writeln!(
         out,
         "\tchain {hook} {{\n\t\ttype filter hook {hook} priority filter; policy {};",
@@ -258,17 +268,19 @@ pub fn render(
             let _ = writeln!(out, "\t\tct state established,related accept");
         }
     }
-    for line in [
-        "ip daddr @allow4_any counter accept",
-        "ip daddr . meta l4proto @allow4_proto counter accept",
-        "ip daddr . meta l4proto . th dport @allow4_port counter accept",
-        "ip6 daddr @allow6_any counter accept",
-        "ip6 daddr . meta l4proto @allow6_proto counter accept",
-        "ip6 daddr . meta l4proto . th dport @allow6_port counter accept",
-        "counter comment \"not allowed\"",
-    ] {
-        let _ = writeln!(out, "\t\t{line}");
+    for name in groups {
+        for line in [
+            format!("ip daddr @{name}4_any counter accept"),
+            format!("ip daddr . meta l4proto @{name}4_proto counter accept"),
+            format!("ip daddr . meta l4proto . th dport @{name}4_port counter accept"),
+            format!("ip6 daddr @{name}6_any counter accept"),
+            format!("ip6 daddr . meta l4proto @{name}6_proto counter accept"),
+            format!("ip6 daddr . meta l4proto . th dport @{name}6_port counter accept"),
+        ] {
+            let _ = writeln!(out, "\t\t{line}");
+        }
     }
+    let _ = writeln!(out, "\t\tcounter comment \"not allowed\"");
     let _ = writeln!(out, "\t}}\n}}");
     out
 }

@@ -12,12 +12,15 @@
 //! - IPv6: version 6; hop-by-hop, routing, destination options, AH and fragment headers
 //!   are walked, at most 8, then `ext_hdr_limit`; a fragment header with offset != 0
 //!   marks a non-first fragment.
-//! - L4: TCP needs 20 bytes with data offset >= 5, UDP 8, ICMP/ICMPv6 4; anything
-//!   shorter is malformed. Only TCP and UDP have ports.
+//! - L4: TCP needs 20 bytes with data offset >= 5, UDP 8, ICMP/ICMPv6 4 (8 for echo
+//!   request/reply); anything shorter is malformed. Only TCP and UDP have ports.
 //! - No read starts beyond offset 4096 (malformed): it bounds offsets for the verifier.
-//! - Lookup: the rules covering the address (destination for outbound); none:
-//!   `no_match`. The lowest-id covering rule that allows (protocol, port) wins:
-//!   `allowed`. Otherwise `fragment` for a non-first fragment, else `port`.
+//! - Lookup: the rules of the packet's direction covering its peer address
+//!   (destination for outbound, source for inbound), then the `local` rules covering
+//!   its destination; within each group the lowest-id rule that allows (protocol,
+//!   port) wins: `allowed`. No rule of either group covers: `no_match`. Otherwise
+//!   `fragment` for a non-first fragment, else `port`.
+//! - Stateless: connection tracking is off in the differential test.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -39,6 +42,7 @@ pub struct RefVerdict {
 /// Facts parsed from a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Facts {
+    pub src: IpAddr,
     pub dst: IpAddr,
     pub proto: u8,
     pub dport: Option<u16>,
@@ -88,6 +92,7 @@ fn parse_v4(pkt: &[u8], off: usize) -> Result<Facts, u8> {
     get(pkt, off + ihl - 1, 1)?;
     let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
     let proto = ip[9];
+    let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
     let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
     let dport = if later_fragment {
         None
@@ -95,6 +100,7 @@ fn parse_v4(pkt: &[u8], off: usize) -> Result<Facts, u8> {
         l4(pkt, off + ihl, proto)?
     };
     Ok(Facts {
+        src,
         dst,
         proto,
         dport,
@@ -107,6 +113,9 @@ fn parse_v6(pkt: &[u8], off: usize) -> Result<Facts, u8> {
     if ip[0] >> 4 != 6 {
         return Err(REASON_MALFORMED);
     }
+    let src = IpAddr::V6(Ipv6Addr::from(
+        <[u8; 16]>::try_from(&ip[8..24]).expect("16 bytes"),
+    ));
     let dst = IpAddr::V6(Ipv6Addr::from(
         <[u8; 16]>::try_from(&ip[24..40]).expect("16 bytes"),
     ));
@@ -142,6 +151,7 @@ fn parse_v6(pkt: &[u8], off: usize) -> Result<Facts, u8> {
         l4(pkt, at, nh)?
     };
     Ok(Facts {
+        src,
         dst,
         proto: nh,
         dport,
@@ -161,38 +171,61 @@ fn l4(pkt: &[u8], off: usize, proto: u8) -> Result<Option<u16>, u8> {
         17 => Ok(Some(u16::from_be_bytes(
             get(pkt, off, 8)?[2..4].try_into().expect("2 bytes"),
         ))),
-        1 | 58 => get(pkt, off, 4).map(|_| None),
+        // Echo request/reply (ICMP 8/0, ICMPv6 128/129) carry an identifier: 8 bytes.
+        1 | 58 => {
+            let h = get(pkt, off, 4)?;
+            let echo = if proto == 1 {
+                h[0] == 8 || h[0] == 0
+            } else {
+                h[0] == 128 || h[0] == 129
+            };
+            if echo {
+                get(pkt, off, 8)?;
+            }
+            Ok(None)
+        }
         _ => Ok(None),
     }
 }
 
-/// Decide for parsed facts by scanning the rules of `dir`.
+/// Decide for parsed facts by scanning the rules of `dir`, then the local rules.
 #[must_use]
 pub fn decide(f: &Facts, rules: &[Rule], dir: Direction) -> RefVerdict {
-    let mut covering: Vec<&Rule> = rules
-        .iter()
-        .filter(|r| r.direction == dir && r.prefixes.iter().any(|n| n.contains(&f.dst)))
-        .collect();
-    if covering.is_empty() {
+    let peer = if dir == Direction::Inbound {
+        f.src
+    } else {
+        f.dst
+    };
+    let group = |d: Direction, addr: IpAddr| -> Vec<&Rule> {
+        let mut v: Vec<&Rule> = rules
+            .iter()
+            .filter(|r| r.direction == d && r.prefixes.iter().any(|n| n.contains(&addr)))
+            .collect();
+        v.sort_by_key(|r| r.id);
+        v
+    };
+    let groups = [group(dir, peer), group(Direction::Local, f.dst)];
+    if groups.iter().all(Vec::is_empty) {
         return RefVerdict {
             reason: REASON_NO_MATCH,
             rule_id: 0,
         };
     }
-    covering.sort_by_key(|r| r.id);
-    match covering.iter().find(|r| r.allows(f.proto, f.dport)) {
-        Some(r) => RefVerdict {
-            reason: REASON_ALLOWED,
-            rule_id: r.id,
+    for g in &groups {
+        if let Some(r) = g.iter().find(|r| r.allows(f.proto, f.dport)) {
+            return RefVerdict {
+                reason: REASON_ALLOWED,
+                rule_id: r.id,
+            };
+        }
+    }
+    RefVerdict {
+        reason: if f.later_fragment {
+            REASON_FRAGMENT
+        } else {
+            REASON_PORT
         },
-        None if f.later_fragment => RefVerdict {
-            reason: REASON_FRAGMENT,
-            rule_id: 0,
-        },
-        None => RefVerdict {
-            reason: REASON_PORT,
-            rule_id: 0,
-        },
+        rule_id: 0,
     }
 }
 

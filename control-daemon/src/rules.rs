@@ -180,6 +180,9 @@ pub enum Direction {
     Outbound,
     /// Traffic entering the protected network: match the source.
     Inbound,
+    /// Traffic to the gateway (or host) itself and to platform addresses, whichever
+    /// way it goes: match the destination in both directions (management rules).
+    Local,
 }
 
 /// One resolved rule: prefixes plus one protocol and its port ranges.

@@ -32,10 +32,44 @@ impl Paths {
 /// The applied policy, as recorded for other commands.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PolicyState {
+    /// The interface that names this instance (pins and state live under it).
     pub iface: String,
+    /// Every interface the datapath is attached to (the first is `iface`).
+    #[serde(default)]
+    pub ifaces: Vec<String>,
+    /// Host mode (TC) rather than gateway mode (XDP).
+    #[serde(default)]
+    pub host: bool,
+    /// The daemon's pid while it runs; `None` after it exited (the datapath may still
+    /// be enforcing: it is pinned).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// The config the daemon reads on reload, and where its tags come from.
+    #[serde(default)]
+    pub policy_path: PathBuf,
+    #[serde(default)]
+    pub tags: Option<PathBuf>,
+    #[serde(default)]
+    pub tags_dir: PathBuf,
     pub generation: u32,
     pub audit: bool,
     pub rules: Vec<Rule>,
+    /// Reloads attempted since the daemon started.
+    #[serde(default)]
+    pub reloads: u64,
+    #[serde(default)]
+    pub last_reload: Option<ReloadStatus>,
+}
+
+/// The outcome of the last reload.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadStatus {
+    pub at_unix: u64,
+    pub ok: bool,
+    /// Why the new policy was rejected (the old one stayed in force).
+    pub error: Option<String>,
+    /// Time from reading the config to the switched policy, in microseconds.
+    pub micros: u64,
 }
 
 impl PolicyState {

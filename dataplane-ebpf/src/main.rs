@@ -12,23 +12,32 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod prog {
     use aya_ebpf::{
-        bindings::xdp_action,
-        macros::{map, xdp},
-        maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
-        programs::XdpContext,
+        bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+        helpers::bpf_ktime_get_ns,
+        macros::{classifier, map, xdp},
+        maps::{Array, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, lpm_trie::Key},
+        programs::{TcContext, XdpContext},
     };
     use aya_log_ebpf::debug;
     use tagwall_common::{
         counters::{
-            ACTION_AUDIT_PASS, ACTION_DROP, ACTION_MAX, ACTION_PASS, Counter, DIR_EGRESS,
-            MAX_RULES, REASON_STATS_LEN, reason_index,
+            ACTION_AUDIT_PASS, ACTION_DROP, ACTION_MAX, ACTION_PASS, CT_CLOSED, CT_EXPIRED, CT_HIT,
+            CT_INSERT_FAILED, CT_NEW, CT_REVALIDATED, CT_REVOKED, CT_STATS_LEN, Counter,
+            DIR_EGRESS, DIR_INGRESS, KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, REASON_STATS_LEN,
+            reason_index,
+        },
+        ct::{
+            CT_FIN_A, CT_FIN_B, CT_REPLIED, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
+            CT_TCP_SYN_SENT, CT_UNREPLIED, CtKey, CtValue, DEFAULT_CT_MAX_ENTRIES, V4_MAPPED_WORD,
         },
         policy::{
-            Config, DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES,
+            CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, Config, DEFAULT_MAX_PREFIXES,
+            DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES, PROTO_ANY, PROTO_TCP, PROTO_UDP,
             PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
         },
         verdict::{
-            REASON_ALLOWED, REASON_FRAGMENT, REASON_NO_MATCH, REASON_NON_IP, REASON_PORT, is_drop,
+            REASON_ALLOWED, REASON_ESTABLISHED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED,
+            REASON_NO_MATCH, REASON_NON_IP, REASON_PORT, is_drop,
         },
     };
 
@@ -50,6 +59,11 @@ mod prog {
     static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STATS_LEN, 0);
     #[map]
     static ACTION_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(ACTION_MAX, 0);
+    #[map]
+    static CONNTRACK: LruHashMap<CtKey, CtValue> =
+        LruHashMap::with_max_entries(DEFAULT_CT_MAX_ENTRIES, 0);
+    #[map]
+    static CT_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(CT_STATS_LEN, 0);
 
     /// The outcome of classification: why, in which direction, credited to which rule.
     struct Verdict {
@@ -68,6 +82,19 @@ mod prog {
         }
     }
 
+    /// Where the program runs, which decides how a packet's direction is found.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    #[repr(u8)]
+    enum Hook {
+        /// XDP on a gateway NIC: by source prefix when internal prefixes are set,
+        /// otherwise every packet is outbound.
+        Gateway = 0,
+        /// TC egress of a host's NIC: the host's own outbound traffic.
+        HostEgress = 1,
+        /// TC ingress of a host's NIC: traffic to the host.
+        HostIngress = 2,
+    }
+
     /// The floor for benchmarks: an XDP program that only passes. tagwall's per-packet
     /// cost is reported as a ratio against it, measured in the same run.
     #[xdp]
@@ -75,83 +102,611 @@ mod prog {
         xdp_action::XDP_PASS
     }
 
+    /// Used before userspace wrote `CONFIG` (never in practice: the loader writes it
+    /// before attaching): slot 0, stateless, enforcing.
+    static NO_CONFIG: Config = Config {
+        slot: 0,
+        audit: 0,
+        generation: 0,
+        flags: 0,
+        ct: tagwall_common::ct::CtTimeouts {
+            tcp_syn_sent: 0,
+            tcp_established: 0,
+            tcp_closing: 0,
+            tcp_closed: 0,
+            udp_unreplied: 0,
+            udp_replied: 0,
+            icmp: 0,
+            _pad: 0,
+        },
+    };
+
+    #[inline(always)]
+    fn config() -> &'static Config {
+        match CONFIG.get(0) {
+            Some(c) => c,
+            None => &NO_CONFIG,
+        }
+    }
+
+    /// Gateway mode, stage 1: parse. Non-IP and unparsable packets get their verdict
+    /// here; IP packets continue in `tagwall_xdp_decide` by tail call.
     #[xdp]
     pub fn tagwall_xdp(ctx: XdpContext) -> u32 {
         let start = ctx.data();
         let end = ctx.data_end();
-        let len = (end - start) as u64;
-        let (slot, audit) = match CONFIG.get(0) {
-            Some(c) => (c.slot as u8, c.audit != 0),
-            None => (0, false),
+        let verdict = match stage1(&Cursor::new(start, end), Hook::Gateway) {
+            Some(v) => v,
+            None => {
+                // SAFETY: the context is the program's own.
+                unsafe { JUMP_XDP.tail_call(&ctx, 0) };
+                Verdict::new(REASON_INTERNAL, DIR_EGRESS)
+            }
         };
-        let verdict = classify(&ctx, &Cursor::new(start, end), slot);
-        finish(&verdict, len, audit)
+        if verdict.reason == REASON_MALFORMED {
+            debug!(&ctx, "tagwall: dropping unparsable packet");
+        }
+        xdp_act(finish(&verdict, (end - start) as u64, config().audit != 0))
+    }
+
+    /// Gateway mode, stage 2: policy and connection tracking on `FACTS`.
+    #[xdp]
+    pub fn tagwall_xdp_decide(ctx: XdpContext) -> u32 {
+        let len = (ctx.data_end() - ctx.data()) as u64;
+        let cfg = config();
+        xdp_act(finish(&decide(cfg), len, cfg.audit != 0))
     }
 
     #[inline(always)]
-    fn classify(ctx: &XdpContext, c: &Cursor, slot: u8) -> Verdict {
-        match parse(c) {
-            Ok(Outcome::NonIp) => Verdict::new(REASON_NON_IP, DIR_EGRESS),
-            Ok(Outcome::Ip(p)) => lookup(&p, slot, DIR_EGRESS),
-            Err(reason) => {
-                debug!(
-                    ctx,
-                    "tagwall: dropping unparsable packet, reason {}", reason
-                );
-                Verdict::new(reason, DIR_EGRESS)
-            }
+    fn xdp_act(pass: bool) -> u32 {
+        if pass {
+            xdp_action::XDP_PASS
+        } else {
+            xdp_action::XDP_DROP
         }
     }
 
     #[inline(always)]
-    fn lookup(p: &Parsed, slot: u8, dir: u8) -> Verdict {
-        let value = match p.dst {
-            L3::V4(addr) => POLICY_V4.get(Key::new(
+    fn tc_act(pass: bool) -> i32 {
+        if pass {
+            TC_ACT_OK as i32
+        } else {
+            TC_ACT_SHOT as i32
+        }
+    }
+
+    /// Host mode, the host's own outbound traffic.
+    #[classifier]
+    pub fn tagwall_tc_egress(ctx: TcContext) -> i32 {
+        tc(&ctx, Hook::HostEgress)
+    }
+
+    /// Host mode, traffic to the host.
+    #[classifier]
+    pub fn tagwall_tc_ingress(ctx: TcContext) -> i32 {
+        tc(&ctx, Hook::HostIngress)
+    }
+
+    /// Host mode, stage 2 (both directions; the hook is in `FACTS`).
+    #[classifier]
+    pub fn tagwall_tc_decide(ctx: TcContext) -> i32 {
+        let cfg = config();
+        tc_act(finish(&decide(cfg), u64::from(ctx.len()), cfg.audit != 0))
+    }
+
+    /// Headers the parser may need: Ethernet + 2 VLAN tags + IPv6 + 8 extension
+    /// headers is more than this, but such packets are rare and get pulled in full.
+    const TC_PULL: u32 = 256;
+
+    #[inline(always)]
+    fn tc(ctx: &TcContext, hook: Hook) -> i32 {
+        let len = ctx.len();
+        // An skb's headers can sit outside its linear part (GSO, some drivers): make
+        // the first bytes linear so direct packet access sees them.
+        let want = if len < TC_PULL { len } else { TC_PULL };
+        if ((ctx.data_end() - ctx.data()) as u32) < want {
+            let _ = ctx.pull_data(want);
+        }
+        let verdict = match stage1(&Cursor::new(ctx.data(), ctx.data_end()), hook) {
+            Some(v) => v,
+            None => {
+                // SAFETY: the context is the program's own.
+                unsafe { JUMP_TC.tail_call(ctx, 0) };
+                Verdict::new(REASON_INTERNAL, hook_dir(hook))
+            }
+        };
+        tc_act(finish(&verdict, u64::from(len), config().audit != 0))
+    }
+
+    #[inline(always)]
+    fn hook_dir(hook: Hook) -> u8 {
+        if hook == Hook::HostIngress {
+            DIR_INGRESS
+        } else {
+            DIR_EGRESS
+        }
+    }
+
+    /// Parse; store an IP packet's facts for stage 2 (`None`), or return the verdict
+    /// of a packet that ends here.
+    #[inline(always)]
+    fn stage1(c: &Cursor, hook: Hook) -> Option<Verdict> {
+        let p = match parse(c) {
+            Ok(Outcome::NonIp) => return Some(Verdict::new(REASON_NON_IP, hook_dir(hook))),
+            Ok(Outcome::Ip(p)) => p,
+            Err(reason) => return Some(Verdict::new(reason, hook_dir(hook))),
+        };
+        let Some(f) = FACTS.get_ptr_mut(0) else {
+            return Some(Verdict::new(REASON_INTERNAL, hook_dir(hook)));
+        };
+        // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
+        unsafe { store_facts(&p, hook, &mut *f) };
+        None
+    }
+
+    /// Stage 2 programs. A program array belongs to one program type, so XDP and TC
+    /// have one each.
+    #[map]
+    static JUMP_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+    #[map]
+    static JUMP_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+    /// What stage 2 (policy, tracking) needs from a packet, passed from stage 1
+    /// (parse) in the per-CPU `FACTS` map. Two programs joined by a tail call are
+    /// verified separately: verified as one, the policy and tracking code was checked
+    /// once per parse path (VLAN tags x extension headers x protocols) and exceeded
+    /// the verifier's complexity limit.
+    #[repr(C)]
+    pub struct Facts {
+        src: [u32; 4],
+        dst: [u32; 4],
+        /// Ports as in `Parsed::flow_ports`, valid when `has_flow`.
+        sport: u16,
+        dport: u16,
+        v6: u8,
+        proto: u8,
+        /// The packet carries a destination port (TCP/UDP, not a later fragment).
+        has_dport: u8,
+        has_flow: u8,
+        later_fragment: u8,
+        echo_request: u8,
+        tcp_flags: u8,
+        /// `Hook` as `u8`.
+        hook: u8,
+    }
+
+    #[map]
+    static FACTS: PerCpuArray<Facts> = PerCpuArray::with_max_entries(1, 0);
+
+    #[inline(always)]
+    fn word(b: &[u8; 16], i: usize) -> u32 {
+        u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+    }
+
+    /// An address as key words (IPv4 as IPv4-mapped IPv6); no byte loops, which the
+    /// verifier would have to walk byte by byte.
+    #[inline(always)]
+    fn words(a: &L3) -> [u32; 4] {
+        match a {
+            L3::V6(b) => [word(b, 0), word(b, 4), word(b, 8), word(b, 12)],
+            L3::V4(b) => [0, 0, V4_MAPPED_WORD, u32::from_ne_bytes(*b)],
+        }
+    }
+
+    #[inline(always)]
+    fn store_facts(p: &Parsed, hook: Hook, f: &mut Facts) {
+        f.hook = hook as u8;
+        f.src = words(&p.src);
+        f.dst = words(&p.dst);
+        f.v6 = u8::from(matches!(p.dst, L3::V6(_)));
+        f.proto = p.proto;
+        match p.flow_ports {
+            Some((s, d)) => {
+                f.has_flow = 1;
+                f.sport = s;
+                f.dport = d;
+            }
+            None => {
+                f.has_flow = 0;
+                f.sport = 0;
+                f.dport = 0;
+            }
+        }
+        f.has_dport = u8::from(p.dport.is_some());
+        if let Some(d) = p.dport {
+            f.dport = d;
+        }
+        f.later_fragment = u8::from(p.later_fragment);
+        f.echo_request = u8::from(p.echo_request);
+        f.tcp_flags = p.tcp_flags;
+    }
+
+    /// The verdict on the packet in `FACTS`.
+    #[inline(always)]
+    fn decide(cfg: &Config) -> Verdict {
+        let Some(f) = FACTS.get(0) else {
+            return Verdict::new(REASON_INTERNAL, DIR_EGRESS);
+        };
+        let hook = match f.hook {
+            1 => Hook::HostEgress,
+            2 => Hook::HostIngress,
+            _ => Hook::Gateway,
+        };
+        let slot = cfg.slot as u8;
+        let tracking = cfg.flags & CONFIG_F_CONNTRACK != 0;
+        if tracking {
+            if let Some(v) = ct_continue(f, cfg) {
+                return v;
+            }
+        }
+        // `rules`: may the rules of the packet's direction apply? An inbound packet on
+        // a gateway must be headed for the protected network (inbound rules open the
+        // internal prefixes to their sources, not the whole world); local rules apply
+        // regardless.
+        let (dir, rules) = match hook {
+            Hook::HostEgress => (DIR_EGRESS, true),
+            Hook::HostIngress => (DIR_INGRESS, true),
+            Hook::Gateway => {
+                if cfg.flags & CONFIG_F_DIRECTIONAL == 0 || is_internal(&f.src, f.v6, slot) {
+                    (DIR_EGRESS, true)
+                } else {
+                    (DIR_INGRESS, is_internal(&f.dst, f.v6, slot))
+                }
+            }
+        };
+        let dport = if f.has_dport != 0 {
+            Some(f.dport)
+        } else {
+            None
+        };
+        let v = policy(
+            &f.src,
+            &f.dst,
+            f.v6,
+            f.proto,
+            dport,
+            f.later_fragment != 0,
+            slot,
+            dir,
+            rules,
+        );
+        if tracking && v.reason == REASON_ALLOWED {
+            ct_open(f, &v, cfg.generation);
+        }
+        v
+    }
+
+    #[inline(always)]
+    fn lpm(addr: &[u32; 4], v6: u8, slot: u8, dir: u8) -> Option<&'static PolicyValue> {
+        if v6 == 0 {
+            POLICY_V4.get(Key::new(
                 KEY_HDR_BITS + 32,
                 PolicyKeyV4 {
                     slot,
                     dir,
                     _pad: [0; 2],
-                    addr,
+                    addr: addr[3].to_ne_bytes(),
                 },
-            )),
-            L3::V6(addr) => POLICY_V6.get(Key::new(
+            ))
+        } else {
+            let (a, b, c, d) = (
+                addr[0].to_ne_bytes(),
+                addr[1].to_ne_bytes(),
+                addr[2].to_ne_bytes(),
+                addr[3].to_ne_bytes(),
+            );
+            POLICY_V6.get(Key::new(
                 KEY_HDR_BITS + 128,
                 PolicyKeyV6 {
                     slot,
                     dir,
                     _pad: [0; 2],
-                    addr,
+                    addr: [
+                        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3],
+                        d[0], d[1], d[2], d[3],
+                    ],
                 },
-            )),
+            ))
+        }
+    }
+
+    #[inline(always)]
+    fn is_internal(addr: &[u32; 4], v6: u8, slot: u8) -> bool {
+        lpm(addr, v6, slot, KEY_DIR_INTERNAL).is_some()
+    }
+
+    /// The first rule of a port set that allows `proto`/`dport` (rule ids start at 1,
+    /// so 0 means none).
+    ///
+    /// Same semantics as `PortRule::matches`, written for the verifier: a packet
+    /// without ports is the range 0..=65535, which only an any-port entry contains;
+    /// every entry is looked at (no early exit), so the paths of each step join again
+    /// and the verifier prunes them instead of walking every combination.
+    #[inline(never)]
+    fn port_match(set_id: u32, proto: u8, dport: Option<u16>) -> u32 {
+        let Some(set) = PORT_SETS.get(set_id) else {
+            return 0;
         };
-        let Some(value) = value else {
-            return Verdict::new(REASON_NO_MATCH, dir);
+        let (lo, hi) = match dport {
+            Some(p) => (p, p),
+            None => (0, u16::MAX),
         };
-        let Some(set) = PORT_SETS.get(value.set_id) else {
-            return Verdict::new(REASON_NO_MATCH, dir);
-        };
-        let count = set.count as usize;
+        // Entries past `count` are zero, rule id 0: even where one "matches", `found`
+        // stays 0, so the scan needs no bound check against `count` (a check that
+        // made the verifier walk the loop once per possible count).
+        let mut found = 0u32;
         let mut i = 0;
-        while i < MAX_PORT_RULES && i < count {
+        while i < MAX_PORT_RULES {
             let r = &set.rules[i];
-            if r.matches(p.proto, p.dport) {
-                return Verdict {
-                    reason: REASON_ALLOWED,
-                    dir,
-                    rule_id: r.rule_id,
-                };
+            let ok = ((r.proto == PROTO_ANY) | (r.proto == proto))
+                & (r.port_lo <= lo)
+                & (hi <= r.port_hi)
+                & (found == 0);
+            if ok {
+                found = r.rule_id;
             }
             i += 1;
         }
-        Verdict::new(
-            if p.later_fragment {
-                REASON_FRAGMENT
+        found
+    }
+
+    /// The policy's verdict on a packet of direction `dir`: outbound packets are
+    /// matched by destination, inbound ones by source (`rules`: whether the rules of
+    /// the direction may apply at all); either way, local rules (management) by
+    /// destination.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn policy(
+        src: &[u32; 4],
+        dst: &[u32; 4],
+        v6: u8,
+        proto: u8,
+        dport: Option<u16>,
+        later_fragment: bool,
+        slot: u8,
+        dir: u8,
+        rules: bool,
+    ) -> Verdict {
+        let (peer, key_dir) = if dir == DIR_INGRESS {
+            (src, DIR_INGRESS)
+        } else {
+            (dst, DIR_EGRESS)
+        };
+        let mut covered = false;
+        let primary = if rules {
+            lpm(peer, v6, slot, key_dir)
+        } else {
+            None
+        };
+        if let Some(value) = primary {
+            covered = true;
+            let rule_id = port_match(value.set_id, proto, dport);
+            if rule_id != 0 {
+                return Verdict {
+                    reason: REASON_ALLOWED,
+                    dir,
+                    rule_id,
+                };
+            }
+        }
+        if let Some(value) = lpm(dst, v6, slot, KEY_DIR_LOCAL) {
+            covered = true;
+            let rule_id = port_match(value.set_id, proto, dport);
+            if rule_id != 0 {
+                return Verdict {
+                    reason: REASON_ALLOWED,
+                    dir,
+                    rule_id,
+                };
+            }
+        }
+        let reason = if !covered {
+            REASON_NO_MATCH
+        } else if later_fragment {
+            REASON_FRAGMENT
+        } else {
+            REASON_PORT
+        };
+        Verdict::new(reason, dir)
+    }
+
+    /// `Some(a > b)` for the first differing word, `None` when equal.
+    #[inline(always)]
+    fn words_after(a: &[u32; 4], b: &[u32; 4]) -> Option<bool> {
+        if a[0] != b[0] {
+            return Some(a[0] > b[0]);
+        }
+        if a[1] != b[1] {
+            return Some(a[1] > b[1]);
+        }
+        if a[2] != b[2] {
+            return Some(a[2] > b[2]);
+        }
+        if a[3] != b[3] {
+            return Some(a[3] > b[3]);
+        }
+        None
+    }
+
+    /// The canonical key of a packet's flow, and whether the packet's source is
+    /// endpoint A (the smaller one).
+    #[inline(always)]
+    fn ct_key(f: &Facts) -> (CtKey, bool) {
+        let (sport, dport) = (f.sport, f.dport);
+        let swap = match words_after(&f.src, &f.dst) {
+            Some(after) => after,
+            None => sport > dport,
+        };
+        let key = if swap {
+            CtKey {
+                addr_a: f.dst,
+                addr_b: f.src,
+                port_a: dport,
+                port_b: sport,
+                proto: f.proto,
+                _pad: [0; 3],
+            }
+        } else {
+            CtKey {
+                addr_a: f.src,
+                addr_b: f.dst,
+                port_a: sport,
+                port_b: dport,
+                proto: f.proto,
+                _pad: [0; 3],
+            }
+        };
+        (key, !swap)
+    }
+
+    const TCP_FIN: u8 = 0x01;
+    const TCP_SYN: u8 = 0x02;
+    const TCP_RST: u8 = 0x04;
+    const TCP_ACK: u8 = 0x10;
+
+    #[inline(always)]
+    fn ct_bump(index: u32) {
+        if let Some(c) = CT_STATS.get_ptr_mut(index) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { (*c).packets += 1 };
+        }
+    }
+
+    /// A packet of a tracked flow: its verdict (established), after updating the
+    /// flow's state. `None`: no live flow, judge the packet by the policy.
+    #[inline(never)]
+    fn ct_continue(f: &Facts, cfg: &Config) -> Option<Verdict> {
+        if f.has_flow == 0 {
+            return None;
+        }
+        let (key, src_is_a) = ct_key(f);
+        let e = CONNTRACK.get_ptr_mut(&key)?;
+        // SAFETY: a pointer into the map value; concurrent updates from other CPUs can
+        // interleave field writes, which at worst mis-times one state change.
+        let e = unsafe { &mut *e };
+        let now = unsafe { bpf_ktime_get_ns() };
+        if now.wrapping_sub(e.last_seen_ns) > cfg.ct.for_state_ns(e.state, f.proto) {
+            let _ = CONNTRACK.remove(&key);
+            ct_bump(CT_EXPIRED);
+            return None;
+        }
+        let from_initiator = (e.initiator == 0) == src_is_a;
+        if e.generation != cfg.generation {
+            // A reload happened since this flow was allowed: check it again as it was
+            // opened (initiator -> responder, to the responder's port).
+            let (isrc, idst, rport) = if from_initiator {
+                (&f.src, &f.dst, f.dport)
             } else {
-                REASON_PORT
-            },
+                (&f.dst, &f.src, f.sport)
+            };
+            let port = if f.proto == PROTO_TCP || f.proto == PROTO_UDP {
+                Some(rport)
+            } else {
+                None
+            };
+            let v = policy(
+                isrc,
+                idst,
+                f.v6,
+                f.proto,
+                port,
+                false,
+                cfg.slot as u8,
+                e.dir,
+                true,
+            );
+            if v.reason != REASON_ALLOWED {
+                let _ = CONNTRACK.remove(&key);
+                ct_bump(CT_REVOKED);
+                return None;
+            }
+            e.generation = cfg.generation;
+            e.rule_id = v.rule_id;
+            ct_bump(CT_REVALIDATED);
+        }
+        if f.proto == PROTO_TCP {
+            let fl = f.tcp_flags;
+            if fl & TCP_RST != 0 {
+                if e.state != CT_TCP_CLOSED {
+                    ct_bump(CT_CLOSED);
+                }
+                e.state = CT_TCP_CLOSED;
+            } else if e.state == CT_TCP_CLOSED {
+                if fl & TCP_SYN != 0 && fl & TCP_ACK == 0 && from_initiator {
+                    // The ports are reused for a new connection: judge it anew.
+                    let _ = CONNTRACK.remove(&key);
+                    return None;
+                }
+            } else if fl & TCP_FIN != 0 {
+                e.fin |= if src_is_a { CT_FIN_A } else { CT_FIN_B };
+                if e.fin == CT_FIN_A | CT_FIN_B {
+                    e.state = CT_TCP_CLOSED;
+                    ct_bump(CT_CLOSED);
+                } else {
+                    e.state = CT_TCP_CLOSING;
+                }
+            } else if e.state == CT_TCP_SYN_SENT && !from_initiator {
+                e.state = CT_TCP_ESTABLISHED;
+            }
+        } else if e.state == CT_UNREPLIED && !from_initiator {
+            e.state = CT_REPLIED;
+        }
+        e.last_seen_ns = now;
+        ct_bump(CT_HIT);
+        let dir = if from_initiator {
+            e.dir
+        } else if e.dir == DIR_EGRESS {
+            DIR_INGRESS
+        } else {
+            DIR_EGRESS
+        };
+        Some(Verdict {
+            reason: REASON_ESTABLISHED,
             dir,
-        )
+            rule_id: e.rule_id,
+        })
+    }
+
+    /// Track a flow the policy just allowed (TCP, UDP, ICMP echo requests).
+    #[inline(never)]
+    fn ct_open(f: &Facts, v: &Verdict, generation: u32) {
+        if f.has_flow == 0 {
+            return;
+        }
+        let state = if f.proto == PROTO_TCP {
+            let fl = f.tcp_flags;
+            if fl & TCP_RST != 0 {
+                return;
+            }
+            if fl & TCP_SYN != 0 && fl & TCP_ACK == 0 {
+                CT_TCP_SYN_SENT
+            } else {
+                // Picked up mid-stream (e.g. started after the connection was).
+                CT_TCP_ESTABLISHED
+            }
+        } else if f.proto == PROTO_UDP || f.echo_request != 0 {
+            CT_UNREPLIED
+        } else {
+            return;
+        };
+        let (key, src_is_a) = ct_key(f);
+        let now = unsafe { bpf_ktime_get_ns() };
+        let value = CtValue {
+            last_seen_ns: now,
+            created_ns: now,
+            rule_id: v.rule_id,
+            generation,
+            state,
+            initiator: if src_is_a { 0 } else { 1 },
+            dir: v.dir,
+            fin: 0,
+            _pad: [0; 4],
+        };
+        if CONNTRACK.insert(&key, &value, 0).is_ok() {
+            ct_bump(CT_NEW);
+        } else {
+            ct_bump(CT_INSERT_FAILED);
+        }
     }
 
     #[inline(always)]
@@ -165,22 +720,22 @@ mod prog {
         }
     }
 
-    /// The one exit: record the verdict, then act on it.
+    /// The one exit: record the verdict, then say whether the packet passes.
     #[inline(always)]
-    fn finish(v: &Verdict, len: u64, audit: bool) -> u32 {
+    fn finish(v: &Verdict, len: u64, audit: bool) -> bool {
         bump(&REASON_STATS, reason_index(v.dir, v.reason), len);
-        if v.reason == REASON_ALLOWED {
+        if v.reason == REASON_ALLOWED || v.reason == REASON_ESTABLISHED {
             bump(&RULE_STATS, v.rule_id, len);
         }
-        let (action, ret) = if !is_drop(v.reason) {
-            (ACTION_PASS, xdp_action::XDP_PASS)
+        let (action, pass) = if !is_drop(v.reason) {
+            (ACTION_PASS, true)
         } else if audit {
-            (ACTION_AUDIT_PASS, xdp_action::XDP_PASS)
+            (ACTION_AUDIT_PASS, true)
         } else {
-            (ACTION_DROP, xdp_action::XDP_DROP)
+            (ACTION_DROP, false)
         };
         bump(&ACTION_STATS, action, len);
-        ret
+        pass
     }
 
     /// Dual licensed so the kernel lets the program use GPL-only helpers.

@@ -72,11 +72,20 @@ pub enum L3 {
 }
 
 pub struct Parsed {
+    pub src: L3,
     pub dst: L3,
     /// Final IP protocol (after IPv6 extension headers).
     pub proto: u8,
     /// Destination port, for TCP/UDP packets that carry one.
     pub dport: Option<u16>,
+    /// The flow identity of the L4 header: TCP/UDP ports, or the identifier of an
+    /// ICMP/ICMPv6 echo request or reply as both. `None`: not trackable (other
+    /// protocols, other ICMP types, later fragments).
+    pub flow_ports: Option<(u16, u16)>,
+    /// ICMP/ICMPv6 echo request (may open a flow; a reply may only continue one).
+    pub echo_request: bool,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 for other protocols.
+    pub tcp_flags: u8,
     /// Non-first fragment: no L4 header, no ports.
     pub later_fragment: bool,
 }
@@ -121,21 +130,26 @@ fn parse_v4(c: &Cursor, off: usize) -> Result<Parsed, u8> {
     let frag = be16(&[ip[6], ip[7]]);
     let later_fragment = frag & 0x1fff != 0;
     let proto = ip[9];
+    let src = [ip[12], ip[13], ip[14], ip[15]];
     let dst = [ip[16], ip[17], ip[18], ip[19]];
     // The options (if any) must be inside the packet even when we skip them.
     let l4 = off + ihl;
     if ihl > IPV4_HDR {
         c.bytes::<1>(l4 - 1)?;
     }
-    let dport = if later_fragment {
-        None
+    let l4h = if later_fragment {
+        L4::NONE
     } else {
-        l4_port(c, l4, proto)?
+        l4_header(c, l4, proto)?
     };
     Ok(Parsed {
+        src: L3::V4(src),
         dst: L3::V4(dst),
         proto,
-        dport,
+        dport: l4h.dport,
+        flow_ports: l4h.flow_ports,
+        echo_request: l4h.echo_request,
+        tcp_flags: l4h.tcp_flags,
         later_fragment,
     })
 }
@@ -146,6 +160,7 @@ fn parse_v6(c: &Cursor, off: usize) -> Result<Parsed, u8> {
     if ip[0] >> 4 != 6 {
         return Err(REASON_MALFORMED);
     }
+    let src = *c.bytes::<16>(off + 8)?;
     let dst = *c.bytes::<16>(off + 24)?;
     let mut nh = ip[6];
     let mut l4 = off + IPV6_HDR;
@@ -183,39 +198,93 @@ fn parse_v6(c: &Cursor, off: usize) -> Result<Parsed, u8> {
         }
         i += 1;
     }
-    let dport = if later_fragment {
-        None
+    let l4h = if later_fragment {
+        L4::NONE
     } else {
-        l4_port(c, l4, nh)?
+        l4_header(c, l4, nh)?
     };
     Ok(Parsed {
+        src: L3::V6(src),
         dst: L3::V6(dst),
         proto: nh,
-        dport,
+        dport: l4h.dport,
+        flow_ports: l4h.flow_ports,
+        echo_request: l4h.echo_request,
+        tcp_flags: l4h.tcp_flags,
         later_fragment,
     })
 }
 
-/// Destination port of a TCP/UDP header at `l4`; checks the minimal header of the
-/// protocols we know (TCP 20 bytes with a sane data offset, UDP 8, ICMP/ICMPv6 4).
+/// What the parser takes from an L4 header.
+struct L4 {
+    dport: Option<u16>,
+    flow_ports: Option<(u16, u16)>,
+    echo_request: bool,
+    tcp_flags: u8,
+}
+
+impl L4 {
+    const NONE: Self = Self {
+        dport: None,
+        flow_ports: None,
+        echo_request: false,
+        tcp_flags: 0,
+    };
+}
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// The L4 header at `l4`; checks the minimal header of the protocols we know (TCP 20
+/// bytes with a sane data offset, UDP 8, ICMP/ICMPv6 4, echo 8).
 #[inline(always)]
-fn l4_port(c: &Cursor, l4: usize, proto: u8) -> Result<Option<u16>, u8> {
+fn l4_header(c: &Cursor, l4: usize, proto: u8) -> Result<L4, u8> {
     match proto {
         PROTO_TCP => {
             let t = c.bytes::<20>(l4)?;
             if t[12] >> 4 < 5 {
                 return Err(REASON_MALFORMED);
             }
-            Ok(Some(be16(&[t[2], t[3]])))
+            let (sport, dport) = (be16(&[t[0], t[1]]), be16(&[t[2], t[3]]));
+            Ok(L4 {
+                dport: Some(dport),
+                flow_ports: Some((sport, dport)),
+                echo_request: false,
+                tcp_flags: t[13],
+            })
         }
         PROTO_UDP => {
             let u = c.bytes::<8>(l4)?;
-            Ok(Some(be16(&[u[2], u[3]])))
+            let (sport, dport) = (be16(&[u[0], u[1]]), be16(&[u[2], u[3]]));
+            Ok(L4 {
+                dport: Some(dport),
+                flow_ports: Some((sport, dport)),
+                echo_request: false,
+                tcp_flags: 0,
+            })
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            c.bytes::<4>(l4)?;
-            Ok(None)
+            let h = c.bytes::<4>(l4)?;
+            let ty = h[0];
+            let (request, reply) = if proto == PROTO_ICMP {
+                (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
+            } else {
+                (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
+            };
+            if ty == request || ty == reply {
+                let e = c.bytes::<8>(l4)?;
+                let id = be16(&[e[4], e[5]]);
+                return Ok(L4 {
+                    dport: None,
+                    flow_ports: Some((id, id)),
+                    echo_request: ty == request,
+                    tcp_flags: 0,
+                });
+            }
+            Ok(L4::NONE)
         }
-        _ => Ok(None),
+        _ => Ok(L4::NONE),
     }
 }

@@ -4,7 +4,7 @@
 use aya::programs::{TestRun, TestRunOptions};
 use tagwall::{
     compile::compile,
-    dataplane::{Counters, Dataplane, LoadOptions},
+    dataplane::{Counters, Dataplane, LoadOptions, Settings},
     rules::Rule,
 };
 use tagwall_common::{
@@ -45,7 +45,8 @@ impl Harness {
         crate::netns::require_root();
         let mut dp = Dataplane::load(&LoadOptions::default()).expect("load datapath");
         let policy = compile(&rules, DEFAULT_SETS_PER_SLOT as usize).expect("compile");
-        dp.apply(&policy, audit).expect("apply");
+        dp.apply(&policy, &Settings::stateless(audit))
+            .expect("apply");
         let ids = rules.iter().map(|r| r.id).collect();
         Self { dp, rules, ids }
     }
@@ -53,7 +54,9 @@ impl Harness {
     /// Replace the policy (same datapath, slot switch).
     pub fn reapply(&mut self, rules: Vec<Rule>, audit: bool) {
         let policy = compile(&rules, DEFAULT_SETS_PER_SLOT as usize).expect("compile");
-        self.dp.apply(&policy, audit).expect("apply");
+        self.dp
+            .apply(&policy, &Settings::stateless(audit))
+            .expect("apply");
         self.ids = rules.iter().map(|r| r.id).collect();
         self.rules = rules;
     }

@@ -630,7 +630,8 @@ fn truncated_headers_at_every_offset() {
         (
             "v4 icmp",
             v4frame(ICMP_NET, IPPROTO_ICMP, &V4Opts::default(), &echo(false)),
-            ETH_HDR + IPV4_HDR + 4,
+            // An echo message carries its identifier: 8 bytes of ICMP header.
+            ETH_HDR + IPV4_HDR + 8,
         ),
         (
             "vlan v4 tcp",
@@ -650,7 +651,8 @@ fn truncated_headers_at_every_offset() {
         (
             "v6 icmpv6",
             v6frame("2001:db8:2::1", IPPROTO_ICMPV6, &echo(true)),
-            ETH_HDR + IPV6_HDR + 4,
+            // An echo request carries its identifier: 8 bytes of ICMPv6 header.
+            ETH_HDR + IPV6_HDR + 8,
         ),
     ];
     let mut checked = 0;

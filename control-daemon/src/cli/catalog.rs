@@ -153,6 +153,7 @@ fn table(reqs: &[&Requirement], args: &Args) -> String {
             match r.direction {
                 Direction::Outbound => "out".to_owned(),
                 Direction::Inbound => "in".to_owned(),
+                Direction::Local => "local".to_owned(),
             },
             r.proto.to_string(),
             join(&r.ports, ","),

@@ -10,7 +10,10 @@ use tagwall_common::{
 };
 
 use super::{Format, Location};
-use crate::{dataplane::Counters, state::PolicyState};
+use crate::{
+    dataplane::{CT_STAT_NAMES, Counters},
+    state::PolicyState,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -78,6 +81,7 @@ pub fn render(
                 "actions": actions.iter().map(|(n, k)| (n.to_string(), json!({"packets": k.packets, "bytes": k.bytes}))).collect::<serde_json::Map<_, _>>(),
                 "rules": c.rules.iter().map(|(id, k)| json!({"id": id, "name": name(*id), "packets": k.packets, "bytes": k.bytes})).collect::<Vec<_>>(),
                 "reasons": c.reasons.iter().map(|((d, r), k)| json!({"direction": dir_name(*d), "reason": reason_name(*r), "packets": k.packets, "bytes": k.bytes})).collect::<Vec<_>>(),
+                "conntrack": CT_STAT_NAMES.iter().zip(c.conntrack).map(|(n, v)| (n.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             });
             Ok(serde_json::to_string_pretty(&v)? + "\n")
         }
@@ -112,6 +116,10 @@ pub fn render(
                     k.packets,
                     k.bytes
                 )?;
+            }
+            writeln!(s, "\n{:<16} {:>14}", "CONNTRACK", "PACKETS")?;
+            for (n, v) in CT_STAT_NAMES.iter().zip(c.conntrack) {
+                writeln!(s, "{n:<16} {v:>14}")?;
             }
             Ok(s)
         }

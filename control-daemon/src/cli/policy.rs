@@ -156,10 +156,10 @@ pub fn compile(a: &CompileArgs) -> anyhow::Result<()> {
                 );
                 for r in &eff.rules {
                     let ports: Vec<String> = r.ports.iter().map(ToString::to_string).collect();
-                    let dir = if r.direction == Direction::Inbound {
-                        "inbound"
-                    } else {
-                        "outbound"
+                    let dir = match r.direction {
+                        Direction::Inbound => "inbound",
+                        Direction::Outbound => "outbound",
+                        Direction::Local => "local",
                     };
                     println!(
                         "{:>5} {:<52} {:<8} {:<7} {:<22} {:>9}",
@@ -267,10 +267,14 @@ pub fn explain_text(
     } else {
         None
     };
+    // Local (management) rules match the destination in either direction, after the
+    // rules of the direction: for an outbound question they count too.
+    let with_local =
+        |d: Direction| d == dir || (dir == Direction::Outbound && d == Direction::Local);
     let covering: Vec<&crate::rules::Rule> = eff
         .rules
         .iter()
-        .filter(|r| r.direction == dir && r.prefixes.iter().any(|n| n.contains(&ip)))
+        .filter(|r| with_local(r.direction) && r.prefixes.iter().any(|n| n.contains(&ip)))
         .collect();
     let describe = |s: &mut String, id: u32| {
         if let Some(p) = eff.provenance(id) {
@@ -311,17 +315,20 @@ pub fn explain_text(
             }
         }
     };
-    match lookup(
-        compiled,
-        dir,
-        ip,
-        proto.0,
-        if port.is_some() || !proto.has_ports() {
-            port_for_lookup
-        } else {
-            Some(0)
-        },
-    ) {
+    let lookup_port = if port.is_some() || !proto.has_ports() {
+        port_for_lookup
+    } else {
+        Some(0)
+    };
+    let mut verdict = lookup(compiled, dir, ip, proto.0, lookup_port);
+    if dir == Direction::Outbound && !matches!(verdict, Some(Ok(_))) {
+        match lookup(compiled, Direction::Local, ip, proto.0, lookup_port) {
+            Some(Ok(id)) => verdict = Some(Ok(id)),
+            Some(Err(())) => verdict = Some(Err(())),
+            None => {}
+        }
+    }
+    match verdict {
         Some(Ok(id)) => {
             let _ = writeln!(s, "ALLOWED: {what} {dirs}");
             describe(&mut s, id);

@@ -1,23 +1,35 @@
-//! `tagwall run`: load, apply, attach, serve until SIGINT/SIGTERM.
+//! `tagwall run`: load (or adopt), apply, attach, serve until SIGINT/SIGTERM; reload on
+//! SIGHUP.
+//!
+//! Everything the datapath needs lives in bpffs under `<bpffs>/tagwall/<iface>/`: the
+//! maps and the links that attach the programs. A daemon that dies, even by SIGKILL,
+//! leaves enforcement running; the next `tagwall run` for the same interface adopts
+//! the pinned links and maps instead of attaching again, so there is no gap and the
+//! counters and tracked flows carry on. `tagwall detach` removes it all.
 
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    time::{Instant, SystemTime},
+};
 
 use anyhow::{Context as _, bail};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use super::Location;
 use crate::{
-    compile::compile,
-    dataplane::{AttachMode, Dataplane, LoadOptions},
+    compile::{CompiledPolicy, compile},
+    config::Config,
+    dataplane::{AttachMode, Attached, Dataplane, LoadOptions, Settings, remove_pins},
     netif,
-    state::{PolicyState, ensure_bpffs},
+    policy::Effective,
+    state::{PolicyState, ReloadStatus, ensure_bpffs},
 };
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub loc: Location,
-    /// Policy/config file (TOML).
+    /// Policy/config file (TOML). Read again on SIGHUP / `tagwall reload`.
     #[arg(long, alias = "config")]
     pub policy: PathBuf,
     /// Service Tags JSON file (overrides `service_tags` in the config).
@@ -30,64 +42,154 @@ pub struct Args {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value = "auto")]
     pub mode: AttachMode,
+    /// More interfaces of the same gateway that get the same XDP program and maps
+    /// (e.g. the NICs return traffic arrives on), so flows are tracked across them.
+    #[arg(long = "also-iface")]
+    pub also_iface: Vec<String>,
+    /// Host mode: enforce the host's own traffic with TC programs on the interface's
+    /// egress and ingress, instead of XDP (gateway mode).
+    #[arg(long)]
+    pub host: bool,
+    /// On SIGINT/SIGTERM also detach and remove the pinned state. Default: leave the
+    /// datapath enforcing (fail closed) for the next `tagwall run` to adopt.
+    #[arg(long)]
+    pub detach_on_exit: bool,
     /// aya-log level of the datapath: 0 off, 1 error, 2 warn, 3 info, 4 debug, 5 trace.
     #[arg(long, default_value_t = 0)]
     pub datapath_log: u8,
+}
+
+/// A policy ready to apply: everything that can fail before the maps are touched.
+pub struct Prepared {
+    pub config: Config,
+    pub effective: Effective,
+    pub compiled: CompiledPolicy,
+    pub settings: Settings,
+}
+
+/// Load, build and compile a config: what `run`, SIGHUP and `tagwall reload` share.
+///
+/// # Errors
+/// Config, tags or compile errors naming the file.
+pub fn prepare(
+    policy: &std::path::Path,
+    tags: Option<&std::path::Path>,
+    tags_dir: &std::path::Path,
+    addrs: &[std::net::IpAddr],
+    sets_per_slot: usize,
+) -> anyhow::Result<Prepared> {
+    let (config, effective) = super::policy::load(policy, tags, tags_dir, addrs)?;
+    let compiled = compile(&effective.rules, sets_per_slot)
+        .with_context(|| format!("compiling {}", policy.display()))?;
+    let settings = Settings {
+        audit: config.audit,
+        internal: config.internal_prefixes.clone(),
+        conntrack: config.conntrack.timeouts(),
+    };
+    Ok(Prepared {
+        config,
+        effective,
+        compiled,
+        settings,
+    })
 }
 
 /// # Errors
 /// Anything that prevents enforcement, with what to do about it.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let iface = &args.loc.iface;
-    if !netif::exists(iface) {
-        bail!("interface {iface:?} does not exist in this network namespace");
+    let mut ifaces = vec![iface.clone()];
+    ifaces.extend(args.also_iface.iter().cloned());
+    if args.host && !args.also_iface.is_empty() {
+        bail!("--also-iface is for gateway mode; host mode enforces one interface");
+    }
+    for i in &ifaces {
+        if !netif::exists(i) {
+            bail!("interface {i:?} does not exist in this network namespace");
+        }
     }
     let addrs = netif::addresses(iface).with_context(|| format!("reading addresses of {iface}"))?;
-    let (config, eff) =
-        super::policy::load(&args.policy, args.tags.as_deref(), &args.tags_dir, &addrs)?;
-    if !eff.fqdns.is_empty() {
+    let opts0 = LoadOptions::default();
+    let prepared = prepare(
+        &args.policy,
+        args.tags.as_deref(),
+        &args.tags_dir,
+        &addrs,
+        opts0.sets_per_slot as usize,
+    )?;
+    if !prepared.effective.fqdns.is_empty() {
         tracing::warn!(
-            patterns = eff.fqdns.len(),
+            patterns = prepared.effective.fqdns.len(),
             "host-name rules are not enforced yet (no DNS resolver/proxy): their addresses stay denied"
         );
     }
-    let rules = eff.rules.clone();
-    let opts = LoadOptions {
-        pin_dir: Some(args.loc.paths().pin_dir),
-        log_level: args.datapath_log,
-        ..LoadOptions::default()
-    };
-    let policy = compile(&rules, opts.sets_per_slot as usize)
-        .with_context(|| format!("compiling {}", args.policy.display()))?;
-    ensure_bpffs(&args.loc.bpffs).map_err(anyhow::Error::msg)?;
+    if prepared.settings.internal.is_empty() && !args.host {
+        tracing::info!(
+            "no internal_prefixes: every packet XDP sees is judged as outbound (by destination); \
+             set internal_prefixes to enforce inbound rules on a one-NIC gateway"
+        );
+    }
     let paths = args.loc.paths();
+    let opts = LoadOptions {
+        pin_dir: Some(paths.pin_dir.clone()),
+        log_level: args.datapath_log,
+        ct_max_entries: prepared.config.conntrack.max_entries,
+        ..opts0
+    };
+    ensure_bpffs(&args.loc.bpffs).map_err(anyhow::Error::msg)?;
     let mut dp = Dataplane::load(&opts)?;
-    let stats = dp.apply(&policy, config.audit)?;
+    let stats = dp.apply(&prepared.compiled, &prepared.settings)?;
     tracing::info!(
-        rules = rules.len(),
+        rules = prepared.effective.rules.len(),
         prefixes = stats.prefixes,
         sets = stats.sets,
         generation = stats.generation,
-        audit = config.audit,
+        audit = prepared.settings.audit,
+        conntrack = prepared.settings.conntrack.is_some(),
         "policy applied"
     );
-    let mode = dp.attach(iface, args.mode)?;
-    tracing::info!(%iface, ?mode, "XDP attached");
-    PolicyState {
-        iface: iface.clone(),
-        generation: stats.generation,
-        audit: config.audit,
-        rules,
+    for i in &ifaces {
+        if args.host {
+            match dp.attach_tc(i)? {
+                Attached::Adopted => {
+                    tracing::info!(iface = %i, "TC attached (adopted the pinned links)");
+                }
+                _ => tracing::info!(iface = %i, "TC attached (egress and ingress)"),
+            }
+        } else {
+            match dp.attach(i, args.mode)? {
+                Attached::Adopted => {
+                    tracing::info!(iface = %i, "XDP attached (adopted the pinned link)");
+                }
+                Attached::Xdp(mode) => tracing::info!(iface = %i, ?mode, "XDP attached"),
+                Attached::Tc => {}
+            }
+        }
     }
-    .save(&paths.state_file)
-    .with_context(|| format!("writing {}", paths.state_file.display()))?;
+    let mut state = PolicyState {
+        iface: iface.clone(),
+        ifaces: ifaces.clone(),
+        host: args.host,
+        pid: Some(std::process::id()),
+        policy_path: std::fs::canonicalize(&args.policy).unwrap_or_else(|_| args.policy.clone()),
+        tags: args.tags.clone(),
+        tags_dir: args.tags_dir.clone(),
+        generation: stats.generation,
+        audit: prepared.settings.audit,
+        rules: prepared.effective.rules,
+        reloads: 0,
+        last_reload: None,
+    };
+    state
+        .save(&paths.state_file)
+        .with_context(|| format!("writing {}", paths.state_file.display()))?;
 
     let logger = dp.take_logger();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async move {
+    rt.block_on(async {
         if let Some(logger) = logger {
             // SAFETY: the ring buffer fd is owned by `logger`, which the AsyncFd owns, so
             // it stays open and the same for the AsyncFd's whole life.
@@ -105,16 +207,92 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             });
         }
         let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => reload(args, &addrs, &mut dp, &mut state, &paths.state_file),
+            }
         }
         anyhow::Ok(())
     })?;
-    tracing::info!("signal received: detaching and removing pinned state");
     drop(dp);
-    // A clean stop leaves nothing behind; counters die with the datapath.
-    let _ = std::fs::remove_dir_all(&paths.pin_dir);
-    let _ = std::fs::remove_file(&paths.state_file);
+    if args.detach_on_exit {
+        tracing::info!("signal received: detaching and removing pinned state");
+        remove_pins(&paths.pin_dir)
+            .with_context(|| format!("removing {}", paths.pin_dir.display()))?;
+        let _ = std::fs::remove_file(&paths.state_file);
+    } else {
+        tracing::info!(
+            "signal received: exiting; the datapath stays attached and enforcing \
+             (`tagwall detach --iface {iface}` removes it, `tagwall run` adopts it)"
+        );
+        state.pid = None;
+        let _ = state.save(&paths.state_file);
+    }
     Ok(())
+}
+
+/// SIGHUP: build the new policy from the same files; apply it only if everything
+/// succeeded (the old one stays in force otherwise). The outcome goes to the log and
+/// to the state file, where `tagwall reload` reads it.
+fn reload(
+    args: &Args,
+    addrs: &[std::net::IpAddr],
+    dp: &mut Dataplane,
+    state: &mut PolicyState,
+    state_file: &std::path::Path,
+) {
+    let t0 = Instant::now();
+    let res = prepare(
+        &args.policy,
+        args.tags.as_deref(),
+        &args.tags_dir,
+        addrs,
+        LoadOptions::default().sets_per_slot as usize,
+    )
+    .and_then(|p| {
+        let stats = dp.apply(&p.compiled, &p.settings)?;
+        Ok((p, stats))
+    });
+    state.reloads += 1;
+    let at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match res {
+        Ok((p, stats)) => {
+            let micros = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+            tracing::info!(
+                generation = stats.generation,
+                prefixes = stats.prefixes,
+                micros,
+                "policy reloaded"
+            );
+            state.generation = stats.generation;
+            state.audit = p.settings.audit;
+            state.rules = p.effective.rules;
+            state.last_reload = Some(ReloadStatus {
+                at_unix: at,
+                ok: true,
+                error: None,
+                micros,
+            });
+        }
+        Err(e) => {
+            tracing::error!(
+                "reload rejected, generation {} stays in force: {e:#}",
+                state.generation
+            );
+            state.last_reload = Some(ReloadStatus {
+                at_unix: at,
+                ok: false,
+                error: Some(format!("{e:#}")),
+                micros: 0,
+            });
+        }
+    }
+    if let Err(e) = state.save(state_file) {
+        tracing::error!("writing {}: {e}", state_file.display());
+    }
 }

@@ -185,7 +185,7 @@ fn bench_case(
     };
     let mut dp = Dataplane::load(&opts)?;
     let t = Instant::now();
-    dp.apply(&policy, false)?;
+    dp.apply(&policy, &tagwall::dataplane::Settings::stateless(false))?;
     let load_t = t.elapsed();
     control.push(Control {
         case: case.name.clone(),

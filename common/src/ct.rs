@@ -1,0 +1,151 @@
+//! Connection tracking: one LRU hash entry per flow, shared by both directions.
+//!
+//! # Key
+//! A flow's two endpoints `(address, port)` are stored in a canonical order (the
+//! smaller endpoint first, comparing address bytes then port), so a packet and its
+//! reply find the same entry with one lookup. IPv4 addresses are stored as
+//! IPv4-mapped IPv6 (`::ffff:a.b.c.d`), so one map serves both families. ICMP and
+//! ICMPv6 echo flows use the echo identifier as both ports.
+//!
+//! # Value
+//! [`CtValue::initiator`] says which endpoint opened the flow, so the datapath knows
+//! whether a packet goes the flow's way (original) or comes back (reply), and
+//! [`CtValue::dir`] is the direction the policy allowed the flow in. A flow is checked
+//! against the policy again when the policy generation changes (a reload), so a reload
+//! that removes a rule also ends the flows it allowed.
+//!
+//! # States and timeouts
+//! TCP: `SYN_SENT` (initiator's SYN seen) -> `ESTABLISHED` (any reply) -> `CLOSING` (a
+//! FIN) -> `CLOSED` (RST, or FINs from both sides). UDP: `UNREPLIED` -> `REPLIED`.
+//! ICMP echo: `UNREPLIED` -> `REPLIED`. Each state has a timeout in
+//! [`CtTimeouts`]; an entry idle longer than its state's timeout is dead: the next
+//! packet removes it and is judged by the policy as a new flow.
+
+/// Third word of an IPv4-mapped address in [`CtKey`] (bytes `00 00 ff ff`).
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Default maximum number of tracked flows (LRU: the least recently used flow is
+/// evicted when full).
+pub const DEFAULT_CT_MAX_ENTRIES: u32 = 262_144;
+
+pub const CT_TCP_SYN_SENT: u8 = 1;
+pub const CT_TCP_ESTABLISHED: u8 = 2;
+pub const CT_TCP_CLOSING: u8 = 3;
+pub const CT_TCP_CLOSED: u8 = 4;
+pub const CT_UNREPLIED: u8 = 5;
+pub const CT_REPLIED: u8 = 6;
+
+/// `CtValue::fin` bits: FIN seen from endpoint A / B.
+pub const CT_FIN_A: u8 = 1;
+pub const CT_FIN_B: u8 = 2;
+
+/// Key of the `CONNTRACK` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    /// The smaller endpoint's address: 16 bytes in network order, v4 mapped.
+    pub addr_a: [u32; 4],
+    pub addr_b: [u32; 4],
+    pub port_a: u16,
+    pub port_b: u16,
+    /// IP protocol.
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `CONNTRACK` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns()` of the last packet (CLOCK_MONOTONIC).
+    pub last_seen_ns: u64,
+    /// `bpf_ktime_get_ns()` when the flow was opened.
+    pub created_ns: u64,
+    /// The rule that allowed the flow; later packets are credited to it.
+    pub rule_id: u32,
+    /// Policy generation the flow was last checked against.
+    pub generation: u32,
+    /// `CT_*` state.
+    pub state: u8,
+    /// 0: endpoint A opened the flow; 1: endpoint B did.
+    pub initiator: u8,
+    /// Direction the policy allowed the flow in (`DIR_EGRESS`/`DIR_INGRESS`).
+    pub dir: u8,
+    /// `CT_FIN_*` bits.
+    pub fin: u8,
+    pub _pad: [u8; 4],
+}
+
+/// Timeouts in seconds, per state. Part of the datapath `Config`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    pub tcp_syn_sent: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub tcp_closed: u32,
+    pub udp_unreplied: u32,
+    pub udp_replied: u32,
+    pub icmp: u32,
+    pub _pad: u32,
+}
+
+impl Default for CtTimeouts {
+    /// Close to Linux nf_conntrack's defaults, with a shorter established timeout.
+    fn default() -> Self {
+        Self {
+            tcp_syn_sent: 60,
+            tcp_established: 3600,
+            tcp_closing: 60,
+            tcp_closed: 10,
+            udp_unreplied: 30,
+            udp_replied: 180,
+            icmp: 30,
+            _pad: 0,
+        }
+    }
+}
+
+impl CtTimeouts {
+    /// The timeout of a state, in nanoseconds.
+    #[inline(always)]
+    #[must_use]
+    pub const fn for_state_ns(&self, state: u8, proto: u8) -> u64 {
+        let s = match state {
+            CT_TCP_SYN_SENT => self.tcp_syn_sent,
+            CT_TCP_ESTABLISHED => self.tcp_established,
+            CT_TCP_CLOSING => self.tcp_closing,
+            CT_TCP_CLOSED => self.tcp_closed,
+            CT_REPLIED if proto == crate::policy::PROTO_UDP => self.udp_replied,
+            CT_UNREPLIED if proto == crate::policy::PROTO_UDP => self.udp_unreplied,
+            _ => self.icmp,
+        };
+        (s as u64) * 1_000_000_000
+    }
+}
+
+impl CtKey {
+    /// An address of the key as bytes (network order).
+    #[must_use]
+    pub fn bytes(words: &[u32; 4]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        out
+    }
+}
+
+/// Stable name of a state, for listings.
+#[must_use]
+pub const fn state_name(state: u8) -> &'static str {
+    match state {
+        CT_TCP_SYN_SENT => "syn_sent",
+        CT_TCP_ESTABLISHED => "established",
+        CT_TCP_CLOSING => "closing",
+        CT_TCP_CLOSED => "closed",
+        CT_UNREPLIED => "unreplied",
+        CT_REPLIED => "replied",
+        _ => "unknown",
+    }
+}
