@@ -35,6 +35,8 @@ pub mod names {
     /// The tail-call tables (one entry each: the stage-2 program).
     pub const MAP_JUMP_XDP: &str = "JUMP_XDP";
     pub const MAP_JUMP_TC: &str = "JUMP_TC";
+    /// Per-CPU scratch that carries a packet's parsed facts from stage 1 to stage 2.
+    pub const MAP_FACTS: &str = "FACTS";
 }
 
 #[cfg(feature = "user")]

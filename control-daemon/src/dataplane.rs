@@ -44,7 +44,11 @@ pub static EBPF_OBJECT: &[u8] =
 pub const OLD_SLOT_GRACE: Duration = Duration::from_millis(5);
 
 /// Maps pinned in bpffs (so `tagwall counters` and a restarted daemon find them).
-pub const PINNED_MAPS: [&str; 9] = [
+/// The tail-call tables must be pinned too: the kernel empties a program array when
+/// the last user-space reference to it goes, which would break the attached
+/// programs when the daemon exits; `FACTS` joins the two stages, so both must see
+/// the same one after a restart.
+pub const PINNED_MAPS: [&str; 12] = [
     names::MAP_POLICY_V4,
     names::MAP_POLICY_V6,
     names::MAP_PORT_SETS,
@@ -54,6 +58,9 @@ pub const PINNED_MAPS: [&str; 9] = [
     names::MAP_ACTION_STATS,
     names::MAP_CONNTRACK,
     names::MAP_CT_STATS,
+    names::MAP_JUMP_XDP,
+    names::MAP_JUMP_TC,
+    names::MAP_FACTS,
 ];
 
 /// Prefix of pinned link files: `link-xdp-<iface>`, `link-tc-egress-<iface>`, ...

@@ -143,9 +143,22 @@ fn real_traffic_through_the_attached_gateway() {
     // The policy generation does not change while the daemon just runs.
     assert_eq!(c["generation"], c0["generation"]);
 
-    // A clean stop detaches and removes pinned state: inet-b is reachable again.
+    // Stopping the daemon leaves the pinned datapath enforcing (fail closed) ...
     let log = daemon.stop();
     assert!(log.contains("policy applied"), "{log}");
+    assert!(
+        tcp_exchange(&lab.client, sa(INET_B_V4, 8080), short).is_err(),
+        "inet-b reachable after the daemon stopped: enforcement must continue"
+    );
+    tcp_exchange(&lab.client, sa(INET_A_V4, 8080), long)
+        .unwrap_or_else(|e| panic!("allowed traffic after the daemon stopped: {e}"));
+    // ... and `tagwall detach` removes it all: inet-b is reachable again.
+    let out = lab.tagwall("detach", &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("detached"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     tcp_exchange(&lab.client, sa(INET_B_V4, 8080), long)
         .unwrap_or_else(|e| panic!("after detach: {e}"));
     let pins = lab.bpffs.path.join("tagwall").join(&lab.gw_in);
