@@ -278,7 +278,8 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         // TAGWALL_VERIFIER_LOG=1: full verifier logs in load errors (debugging).
         if std::env::var_os("TAGWALL_VERIFIER_LOG").is_some() {
-            loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+            loader
+                .verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
         }
         loader
             .map_max_entries(names::MAP_POLICY_V4, opts.max_prefixes)
@@ -332,6 +333,18 @@ impl Dataplane {
             .expect("tagwall_xdp in the object")
             .try_into()
             .expect("tagwall_xdp is XDP")
+    }
+
+    /// A TC program of the object (host mode; for BPF_PROG_TEST_RUN).
+    ///
+    /// # Panics
+    /// If `name` is not one of the object's TC programs (they are loaded at load).
+    pub fn tc(&mut self, name: &'static str) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("{name} in the object"))
+            .try_into()
+            .unwrap_or_else(|_| panic!("{name} is a TC program"))
     }
 
     /// The benchmark floor program (XDP_PASS only), loaded on first use.

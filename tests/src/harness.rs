@@ -9,9 +9,21 @@ use tagwall::{
 };
 use tagwall_common::{
     counters::{ACTION_AUDIT_PASS, ACTION_DROP, ACTION_PASS, DIR_MAX},
+    names,
     policy::DEFAULT_SETS_PER_SLOT,
     verdict::ALL_REASONS,
 };
+
+/// Which entry program a frame goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prog {
+    /// Gateway mode.
+    Xdp,
+    /// Host mode, leaving the host.
+    TcEgress,
+    /// Host mode, arriving at the host.
+    TcIngress,
+}
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -42,13 +54,29 @@ impl Harness {
     /// On any load/compile/apply failure.
     #[must_use]
     pub fn new(rules: Vec<Rule>, audit: bool) -> Self {
+        Self::with(rules, &Settings::stateless(audit))
+    }
+
+    /// Load a fresh (unpinned) datapath with `rules` and `settings` applied.
+    ///
+    /// # Panics
+    /// On any load/compile/apply failure.
+    #[must_use]
+    pub fn with(rules: Vec<Rule>, settings: &Settings) -> Self {
         crate::netns::require_root();
         let mut dp = Dataplane::load(&LoadOptions::default()).expect("load datapath");
         let policy = compile(&rules, DEFAULT_SETS_PER_SLOT as usize).expect("compile");
-        dp.apply(&policy, &Settings::stateless(audit))
-            .expect("apply");
+        dp.apply(&policy, settings).expect("apply");
         let ids = rules.iter().map(|r| r.id).collect();
         Self { dp, rules, ids }
+    }
+
+    /// Replace the policy and settings (same datapath, slot switch).
+    pub fn reapply_with(&mut self, rules: Vec<Rule>, settings: &Settings) {
+        let policy = compile(&rules, DEFAULT_SETS_PER_SLOT as usize).expect("compile");
+        self.dp.apply(&policy, settings).expect("apply");
+        self.ids = rules.iter().map(|r| r.id).collect();
+        self.rules = rules;
     }
 
     /// Replace the policy (same datapath, slot switch).
@@ -73,16 +101,26 @@ impl Harness {
     /// If the test run fails, or the counters do not show exactly one reason and at
     /// most one rule moving by one packet of the frame's length.
     pub fn run(&mut self, frame: &[u8]) -> Observed {
+        self.run_on(Prog::Xdp, frame)
+    }
+
+    /// Run one frame through one of the entry programs (see [`Harness::run`]).
+    ///
+    /// # Panics
+    /// As [`Harness::run`].
+    pub fn run_on(&mut self, prog: Prog, frame: &[u8]) -> Observed {
         let before = self.snapshot();
-        let ret = self
-            .dp
-            .xdp()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
+        let ret = match prog {
+            Prog::Xdp => self.dp.xdp().test_run(opts),
+            Prog::TcEgress => self.dp.tc(names::PROG_TC_EGRESS).test_run(opts),
+            Prog::TcIngress => self.dp.tc(names::PROG_TC_INGRESS).test_run(opts),
+        }
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value;
         let after = self.snapshot();
         let len = frame.len() as u64;
         let mut reasons = Vec::new();

@@ -224,3 +224,24 @@ pub fn arp() -> Vec<u8> {
     p.extend_from_slice(&[0, 0, 0, 0, 0, 0, 10, 0, 0, 1]);
     eth(&[], ETH_P_ARP, &p)
 }
+
+/// TCP header with the given flags (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
+#[must_use]
+pub fn tcp_flags(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut h = tcp(sport, dport);
+    h[13] = flags;
+    h
+}
+
+/// ICMP/ICMPv6 echo request or reply with identifier `id`.
+#[must_use]
+pub fn echo_msg(v6: bool, request: bool, id: u16) -> Vec<u8> {
+    let ty = match (v6, request) {
+        (false, true) => 8,
+        (false, false) => 0,
+        (true, true) => 128,
+        (true, false) => 129,
+    };
+    let id = id.to_be_bytes();
+    vec![ty, 0, 0, 0, id[0], id[1], 0, 1]
+}

@@ -1,0 +1,732 @@
+//! Connection tracking, inbound and local rules, gateway direction and host mode,
+//! through the real programs with BPF_PROG_TEST_RUN: sequences of frames whose
+//! verdicts depend on the frames before them.
+
+use std::{net::IpAddr, time::Duration};
+
+use tagwall::{
+    dataplane::Settings,
+    rules::{Direction, PortRange, Proto, Rule},
+};
+use tagwall_common::{
+    counters::{ACTION_DROP, ACTION_PASS, DIR_EGRESS, DIR_INGRESS},
+    ct::CtTimeouts,
+    verdict::{REASON_ALLOWED, REASON_ESTABLISHED, REASON_NO_MATCH, REASON_PORT, reason_name},
+};
+use tagwall_tests::{
+    harness::{Harness, Observed, Prog},
+    pkt::{ETH_P_IP, ETH_P_IPV6, V4Opts, echo_msg, eth, ipv4, ipv6, tcp_flags, udp},
+};
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const SYN_ACK: u8 = 0x12;
+const RST: u8 = 0x04;
+const FIN_ACK: u8 = 0x11;
+
+fn rule(id: u32, name: &str, dir: Direction, nets: &[&str], proto: Proto, ports: &[&str]) -> Rule {
+    Rule {
+        id,
+        name: name.into(),
+        direction: dir,
+        prefixes: nets.iter().map(|n| n.parse().unwrap()).collect(),
+        proto,
+        ports: ports
+            .iter()
+            .map(|p| p.parse::<PortRange>().unwrap())
+            .collect(),
+        origin: "test".into(),
+    }
+}
+
+const SSH: u32 = 1;
+const WEB: u32 = 2;
+const DNS: u32 = 3;
+const AML_IN: u32 = 4;
+const PING: u32 = 5;
+const WEB6: u32 = 6;
+
+fn rules() -> Vec<Rule> {
+    vec![
+        rule(
+            SSH,
+            "mgmt:ssh",
+            Direction::Local,
+            &["10.0.0.1/32"],
+            Proto::TCP,
+            &["22"],
+        ),
+        rule(
+            WEB,
+            "web",
+            Direction::Outbound,
+            &["203.0.113.0/24"],
+            Proto::TCP,
+            &["443"],
+        ),
+        rule(
+            DNS,
+            "dns",
+            Direction::Outbound,
+            &["198.51.100.53/32"],
+            Proto::UDP,
+            &["53"],
+        ),
+        // The seeds' inbound requirement: AzureMachineLearning -> compute, TCP 44224.
+        rule(
+            AML_IN,
+            "aml-in",
+            Direction::Inbound,
+            &["20.0.0.0/16"],
+            Proto::TCP,
+            &["44224"],
+        ),
+        rule(
+            PING,
+            "ping",
+            Direction::Outbound,
+            &["192.0.2.0/24"],
+            Proto::ICMP,
+            &["any"],
+        ),
+        rule(
+            WEB6,
+            "web6",
+            Direction::Outbound,
+            &["2001:db8:1::/48"],
+            Proto::TCP,
+            &["443"],
+        ),
+    ]
+}
+
+fn settings(internal: &[&str], timeouts: CtTimeouts) -> Settings {
+    Settings {
+        audit: false,
+        internal: internal.iter().map(|n| n.parse().unwrap()).collect(),
+        conntrack: Some(timeouts),
+    }
+}
+
+fn gateway() -> Settings {
+    settings(&["10.0.0.0/8", "fd00::/8"], CtTimeouts::default())
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// An Ethernet frame from `src` to `dst` with an L4 header for `proto`.
+fn frame(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
+    match (ip(src), ip(dst)) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            eth(&[], ETH_P_IP, &ipv4(s, d, proto, &V4Opts::default(), l4))
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth(&[], ETH_P_IPV6, &ipv6(s, d, proto, l4)),
+        _ => panic!("mixed families"),
+    }
+}
+
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
+    frame(src, dst, 6, &tcp_flags(sport, dport, flags))
+}
+
+fn udp_f(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    frame(src, dst, 17, &udp(sport, dport, b"q"))
+}
+
+fn ping(src: &str, dst: &str, request: bool, id: u16) -> Vec<u8> {
+    frame(src, dst, 1, &echo_msg(false, request, id))
+}
+
+/// Run `f` and check reason, rule, pass/drop and direction.
+#[track_caller]
+fn expect(
+    h: &mut Harness,
+    prog: Prog,
+    what: &str,
+    f: &[u8],
+    reason: u8,
+    rule: u32,
+    dir: u8,
+) -> Observed {
+    let before = h.dp.counters().unwrap();
+    let got = h.run_on(prog, f);
+    let after = h.dp.counters().unwrap();
+    assert_eq!(
+        (reason_name(got.reason), got.rule_id),
+        (reason_name(reason), rule),
+        "{what}"
+    );
+    let want_slot = if reason >= tagwall_common::verdict::FIRST_DROP {
+        ACTION_DROP
+    } else {
+        ACTION_PASS
+    };
+    assert_eq!(got.action_slot, want_slot, "{what}: action");
+    assert_eq!(
+        after.reason(dir, reason).packets,
+        before.reason(dir, reason).packets + 1,
+        "{what}: counted in direction {dir}"
+    );
+    got
+}
+
+fn ct_stat(h: &Harness, name: &str) -> u64 {
+    let c = h.dp.counters().unwrap();
+    let i = tagwall::dataplane::CT_STAT_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .unwrap();
+    c.conntrack[i]
+}
+
+#[test]
+fn gateway_return_traffic_passes_and_unsolicited_inbound_is_dropped() {
+    let mut h = Harness::with(rules(), &gateway());
+    let x = Prog::Xdp;
+    // Outbound TCP opens a flow; the reply and the rest of the handshake ride on it.
+    expect(
+        &mut h,
+        x,
+        "client SYN",
+        &tcp("10.0.0.2", 40000, "203.0.113.10", 443, SYN),
+        REASON_ALLOWED,
+        WEB,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "server SYN-ACK",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 40000, SYN_ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "client ACK",
+        &tcp("10.0.0.2", 40000, "203.0.113.10", 443, ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_EGRESS,
+    );
+    // Unsolicited inbound: another port of the same client, and a SYN from outside.
+    expect(
+        &mut h,
+        x,
+        "unsolicited SYN-ACK",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 40001, SYN_ACK),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "unsolicited SYN",
+        &tcp("198.51.100.7", 5000, "10.0.0.2", 80, SYN),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+    // The same server address is not a source that inbound rules open.
+    expect(
+        &mut h,
+        x,
+        "server-initiated SYN",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 22, SYN),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+
+    // Inbound rule: AzureMachineLearning (20.0/16) -> compute TCP 44224, and its reply.
+    expect(
+        &mut h,
+        x,
+        "AML inbound SYN",
+        &tcp("20.0.5.5", 5555, "10.0.0.7", 44224, SYN),
+        REASON_ALLOWED,
+        AML_IN,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "compute reply",
+        &tcp("10.0.0.7", 44224, "20.0.5.5", 5555, SYN_ACK),
+        REASON_ESTABLISHED,
+        AML_IN,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "AML inbound, wrong port",
+        &tcp("20.0.5.5", 5556, "10.0.0.7", 44225, SYN),
+        REASON_PORT,
+        0,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "other source to 44224",
+        &tcp("20.1.0.1", 5557, "10.0.0.7", 44224, SYN),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+    // Inbound rules open the internal prefixes only, not transit to elsewhere.
+    expect(
+        &mut h,
+        x,
+        "AML source to a non-internal address",
+        &tcp("20.0.5.5", 5558, "203.0.113.99", 44224, SYN),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+
+    // Local (management) rules match the destination in both directions.
+    expect(
+        &mut h,
+        x,
+        "SSH to the gateway from outside",
+        &tcp("198.51.100.7", 6000, "10.0.0.1", 22, SYN),
+        REASON_ALLOWED,
+        SSH,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "SSH to the gateway from inside",
+        &tcp("10.0.0.9", 6001, "10.0.0.1", 22, SYN),
+        REASON_ALLOWED,
+        SSH,
+        DIR_EGRESS,
+    );
+
+    // UDP: the reply from the server's port passes, from another port it does not.
+    expect(
+        &mut h,
+        x,
+        "DNS query",
+        &udp_f("10.0.0.2", 5353, "198.51.100.53", 53),
+        REASON_ALLOWED,
+        DNS,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "DNS answer",
+        &udp_f("198.51.100.53", 53, "10.0.0.2", 5353),
+        REASON_ESTABLISHED,
+        DNS,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "UDP from another port",
+        &udp_f("198.51.100.53", 54, "10.0.0.2", 5353),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+
+    // ICMP echo: the reply with the request's identifier passes; others do not.
+    expect(
+        &mut h,
+        x,
+        "echo request",
+        &ping("10.0.0.2", "192.0.2.5", true, 7),
+        REASON_ALLOWED,
+        PING,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "echo reply",
+        &ping("192.0.2.5", "10.0.0.2", false, 7),
+        REASON_ESTABLISHED,
+        PING,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "unsolicited echo reply",
+        &ping("192.0.2.5", "10.0.0.2", false, 8),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+
+    // IPv6 the same way.
+    expect(
+        &mut h,
+        x,
+        "v6 SYN",
+        &tcp("fd00::2", 40000, "2001:db8:1::5", 443, SYN),
+        REASON_ALLOWED,
+        WEB6,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "v6 SYN-ACK",
+        &tcp("2001:db8:1::5", 443, "fd00::2", 40000, SYN_ACK),
+        REASON_ESTABLISHED,
+        WEB6,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "v6 unsolicited",
+        &tcp("2001:db8:1::5", 443, "fd00::2", 40001, SYN_ACK),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+
+    let flows = h.dp.flows().unwrap();
+    // web, AML inbound, SSH x2, DNS, ping, web6.
+    assert_eq!(flows.len(), 7, "seven flows opened: {flows:?}");
+    assert_eq!(ct_stat(&h, "new"), 7);
+    // SYN-ACK, ACK, compute reply, DNS answer, echo reply, v6 SYN-ACK.
+    assert_eq!(ct_stat(&h, "hit"), 6);
+}
+
+#[test]
+fn closed_and_idle_flows_end() {
+    let t = CtTimeouts {
+        tcp_closed: 1,
+        udp_unreplied: 1,
+        ..CtTimeouts::default()
+    };
+    let mut h = Harness::with(rules(), &settings(&["10.0.0.0/8"], t));
+    let x = Prog::Xdp;
+    expect(
+        &mut h,
+        x,
+        "SYN",
+        &tcp("10.0.0.2", 40010, "203.0.113.10", 443, SYN),
+        REASON_ALLOWED,
+        WEB,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "SYN-ACK",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 40010, SYN_ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "RST",
+        &tcp("10.0.0.2", 40010, "203.0.113.10", 443, RST),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_EGRESS,
+    );
+    assert_eq!(ct_stat(&h, "closed"), 1);
+    // A late packet within the closed timeout still passes; after it, the flow is gone.
+    expect(
+        &mut h,
+        x,
+        "late ACK",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 40010, ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
+    std::thread::sleep(Duration::from_millis(1300));
+    expect(
+        &mut h,
+        x,
+        "after the closed timeout",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 40010, ACK),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+    assert_eq!(ct_stat(&h, "expired"), 1);
+
+    // FIN from both sides closes too.
+    expect(
+        &mut h,
+        x,
+        "SYN 2",
+        &tcp("10.0.0.2", 40011, "203.0.113.10", 443, SYN),
+        REASON_ALLOWED,
+        WEB,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "SYN-ACK 2",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 40011, SYN_ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "FIN client",
+        &tcp("10.0.0.2", 40011, "203.0.113.10", 443, FIN_ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "FIN server",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 40011, FIN_ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
+    assert_eq!(ct_stat(&h, "closed"), 2);
+
+    // An unanswered UDP flow times out.
+    expect(
+        &mut h,
+        x,
+        "query",
+        &udp_f("10.0.0.2", 5354, "198.51.100.53", 53),
+        REASON_ALLOWED,
+        DNS,
+        DIR_EGRESS,
+    );
+    std::thread::sleep(Duration::from_millis(1300));
+    expect(
+        &mut h,
+        x,
+        "late answer",
+        &udp_f("198.51.100.53", 53, "10.0.0.2", 5354),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+}
+
+#[test]
+fn a_reload_ends_the_flows_its_new_policy_denies() {
+    let mut h = Harness::with(rules(), &gateway());
+    let x = Prog::Xdp;
+    expect(
+        &mut h,
+        x,
+        "web SYN",
+        &tcp("10.0.0.2", 40020, "203.0.113.10", 443, SYN),
+        REASON_ALLOWED,
+        WEB,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "dns query",
+        &udp_f("10.0.0.2", 5355, "198.51.100.53", 53),
+        REASON_ALLOWED,
+        DNS,
+        DIR_EGRESS,
+    );
+    // New policy without the web rule.
+    let without_web: Vec<Rule> = rules().into_iter().filter(|r| r.id != WEB).collect();
+    h.reapply_with(without_web, &gateway());
+    expect(
+        &mut h,
+        x,
+        "web reply after the reload",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 40020, SYN_ACK),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "web from the client after the reload",
+        &tcp("10.0.0.2", 40020, "203.0.113.10", 443, ACK),
+        REASON_NO_MATCH,
+        0,
+        DIR_EGRESS,
+    );
+    assert_eq!(ct_stat(&h, "revoked"), 1);
+    // The DNS flow is still allowed: checked again once, then carried on.
+    expect(
+        &mut h,
+        x,
+        "dns answer after the reload",
+        &udp_f("198.51.100.53", 53, "10.0.0.2", 5355),
+        REASON_ESTABLISHED,
+        DNS,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "dns again",
+        &udp_f("10.0.0.2", 5355, "198.51.100.53", 53),
+        REASON_ESTABLISHED,
+        DNS,
+        DIR_EGRESS,
+    );
+    assert_eq!(ct_stat(&h, "revalidated"), 1);
+}
+
+#[test]
+fn without_internal_prefixes_every_packet_is_outbound_and_replies_still_pass() {
+    let mut h = Harness::with(rules(), &settings(&[], CtTimeouts::default()));
+    let x = Prog::Xdp;
+    expect(
+        &mut h,
+        x,
+        "SYN",
+        &tcp("10.0.0.2", 40030, "203.0.113.10", 443, SYN),
+        REASON_ALLOWED,
+        WEB,
+        DIR_EGRESS,
+    );
+    // The reply is tracked, so it passes; its direction is the flow's reverse.
+    expect(
+        &mut h,
+        x,
+        "SYN-ACK",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 40030, SYN_ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
+    // Unsolicited: judged as outbound to 10.0.0.2, which no rule covers.
+    expect(
+        &mut h,
+        x,
+        "unsolicited",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 40031, SYN_ACK),
+        REASON_NO_MATCH,
+        0,
+        DIR_EGRESS,
+    );
+}
+
+#[test]
+fn stateless_mode_judges_every_packet_alone() {
+    let mut h = Harness::with(rules(), &Settings::stateless(false));
+    let x = Prog::Xdp;
+    expect(
+        &mut h,
+        x,
+        "SYN",
+        &tcp("10.0.0.2", 40040, "203.0.113.10", 443, SYN),
+        REASON_ALLOWED,
+        WEB,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "reply, not tracked",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 40040, SYN_ACK),
+        REASON_NO_MATCH,
+        0,
+        DIR_EGRESS,
+    );
+    assert!(h.dp.flows().unwrap().is_empty());
+}
+
+#[test]
+fn host_mode_tc_programs_enforce_the_same_policy() {
+    // Host mode: the hook gives the direction; internal prefixes play no part.
+    let mut h = Harness::with(rules(), &settings(&[], CtTimeouts::default()));
+    let (eg, ing) = (Prog::TcEgress, Prog::TcIngress);
+    expect(
+        &mut h,
+        eg,
+        "host SYN out",
+        &tcp("10.0.0.2", 40050, "203.0.113.10", 443, SYN),
+        REASON_ALLOWED,
+        WEB,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        ing,
+        "reply in",
+        &tcp("203.0.113.10", 443, "10.0.0.2", 40050, SYN_ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        eg,
+        "host out, denied port",
+        &tcp("10.0.0.2", 40051, "203.0.113.10", 444, SYN),
+        REASON_PORT,
+        0,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        ing,
+        "unsolicited in",
+        &tcp("198.51.100.7", 5000, "10.0.0.2", 80, SYN),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        ing,
+        "AML inbound",
+        &tcp("20.0.5.5", 5555, "10.0.0.2", 44224, SYN),
+        REASON_ALLOWED,
+        AML_IN,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        eg,
+        "host's reply to AML",
+        &tcp("10.0.0.2", 44224, "20.0.5.5", 5555, SYN_ACK),
+        REASON_ESTABLISHED,
+        AML_IN,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        ing,
+        "SSH to the host",
+        &tcp("198.51.100.7", 6000, "10.0.0.1", 22, SYN),
+        REASON_ALLOWED,
+        SSH,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        ing,
+        "v6 in, unsolicited",
+        &tcp("2001:db8:1::5", 443, "fd00::2", 40052, SYN_ACK),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+}
