@@ -61,6 +61,12 @@ pub struct Lab {
     pub inet_b: Netns,
     /// The gateway's client-facing interface, where tagwall attaches.
     pub gw_in: String,
+    /// The gateway's interfaces toward inet-a and inet-b (where return traffic
+    /// arrives; `--also-iface` puts the datapath there too).
+    pub gw_a: String,
+    pub gw_b: String,
+    /// The client's interface (host mode attaches here).
+    pub c0: String,
     pub bpffs: Bpffs,
     pub dir: TempDir,
 }
@@ -118,6 +124,9 @@ impl Lab {
             inet_a,
             inet_b,
             gw_in,
+            gw_a: ga,
+            gw_b: gb,
+            c0,
             bpffs: Bpffs::new(),
             dir: TempDir::new("lab"),
         }
@@ -163,9 +172,13 @@ impl Lab {
     }
 
     fn location_args(&self) -> Vec<String> {
+        self.location_args_for(&self.gw_in)
+    }
+
+    fn location_args_for(&self, iface: &str) -> Vec<String> {
         vec![
             "--iface".into(),
-            self.gw_in.clone(),
+            iface.to_owned(),
             "--bpffs".into(),
             self.bpffs.path.display().to_string(),
             "--state-dir".into(),
@@ -179,10 +192,26 @@ impl Lab {
     /// If it exits or does not attach within 30 s (its log is in the message).
     #[must_use]
     pub fn start_tagwall(&self, policy: &Path, extra: &[&str]) -> Daemon {
+        self.start_tagwall_in(&self.gw, &self.gw_in, policy, extra)
+    }
+
+    /// Start `tagwall run --iface IFACE` in namespace `ns` (e.g. host mode on the
+    /// client) and wait until it has attached.
+    ///
+    /// # Panics
+    /// As [`Lab::start_tagwall`].
+    #[must_use]
+    pub fn start_tagwall_in(
+        &self,
+        ns: &Netns,
+        iface: &str,
+        policy: &Path,
+        extra: &[&str],
+    ) -> Daemon {
         let log = self.dir.path.join(format!("{}.log", unique("d")));
-        let mut cmd = self.gw.cmd(tagwall_bin().to_str().expect("utf-8 path"));
+        let mut cmd = ns.cmd(tagwall_bin().to_str().expect("utf-8 path"));
         cmd.arg("run")
-            .args(self.location_args())
+            .args(self.location_args_for(iface))
             .arg("--policy")
             .arg(policy)
             .args(extra)
@@ -197,7 +226,7 @@ impl Lab {
             }
             std::fs::read_to_string(&log)
                 .ok()
-                .filter(|s| s.contains("XDP attached"))
+                .filter(|s| s.contains(" attached"))
         });
         assert!(
             attached.is_some(),
@@ -224,6 +253,30 @@ impl Lab {
         out
     }
 
+    /// Run a `tagwall` subcommand for `iface` and return its output, whatever the
+    /// exit status.
+    #[must_use]
+    pub fn tagwall_raw(&self, iface: &str, verb: &str, extra: &[&str]) -> std::process::Output {
+        Command::new(tagwall_bin())
+            .arg(verb)
+            .args(self.location_args_for(iface))
+            .args(extra)
+            .output()
+            .expect("spawn tagwall")
+    }
+
+    /// `tagwall counters --format json` of `iface`'s instance, parsed.
+    #[must_use]
+    pub fn counters_of(&self, iface: &str) -> serde_json::Value {
+        let out = self.tagwall_raw(iface, "counters", &["--format", "json"]);
+        assert!(
+            out.status.success(),
+            "tagwall counters failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("counters JSON")
+    }
+
     /// `tagwall counters --format json`, parsed.
     #[must_use]
     pub fn counters(&self) -> serde_json::Value {
@@ -245,6 +298,18 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// SIGKILL, no chance to clean up; returns its log.
+    pub fn kill9(mut self) -> String {
+        self.guard.kill9();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// SIGTERM; returns its log. Panics if it does not exit cleanly.
     pub fn stop(mut self) -> String {
         let st = self.guard.terminate(Duration::from_secs(10));
@@ -420,4 +485,76 @@ pub fn udp_exchange(
         }
         echoed
     })
+}
+
+/// A stream of numbered UDP datagrams from a namespace to an echo server, counting
+/// the echoes, until stopped.
+pub struct UdpStream {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(u64, u64)>>,
+}
+
+impl UdpStream {
+    /// Send one datagram every `interval` from `ns` to `to`.
+    #[must_use]
+    pub fn start(ns: &Netns, to: SocketAddr, interval: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ns_name = ns.name.clone();
+        let thread = std::thread::spawn(move || {
+            crate::netns::enter_netns(&ns_name);
+            let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                .parse()
+                .expect("literal");
+            let s = UdpSocket::bind(bind).expect("bind stream socket");
+            s.set_read_timeout(Some(Duration::from_millis(1)))
+                .expect("timeout");
+            tx.send(()).expect("started");
+            let (mut sent, mut echoed) = (0u64, 0u64);
+            let mut buf = [0u8; 64];
+            let mut next = std::time::Instant::now();
+            while !st.load(Ordering::Relaxed) {
+                if std::time::Instant::now() >= next {
+                    let _ = s.send_to(&sent.to_be_bytes(), to);
+                    sent += 1;
+                    next += interval;
+                }
+                while let Ok((n, _)) = s.recv_from(&mut buf) {
+                    echoed += u64::from(n == 8);
+                }
+            }
+            // Collect the echoes still in flight.
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .expect("timeout");
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
+                echoed += u64::from(n == 8);
+            }
+            (sent, echoed)
+        });
+        rx.recv().expect("stream started");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop; returns (sent, echoed).
+    pub fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("stream thread")
+    }
+}
+
+impl Drop for UdpStream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -87,18 +87,29 @@ impl Netns {
 
     /// Run `f` on a thread that has entered this namespace (sockets it opens live here).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
+        let name = self.name.clone();
         std::thread::spawn(move || {
-            let fd = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: valid netns fd; setns affects only this thread.
-            let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            enter_netns(&name);
             f()
         })
         .join()
         .expect("thread in netns panicked")
     }
 }
+
+/// Move the calling thread into network namespace `name`.
+///
+/// # Panics
+/// If the namespace cannot be opened or entered.
+pub fn enter_netns(name: &str) {
+    let path = format!("/var/run/netns/{name}");
+    let fd = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: valid netns fd; setns affects only this thread.
+    let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+impl Netns {}
 
 impl Drop for Netns {
     fn drop(&mut self) {
@@ -191,6 +202,14 @@ impl ChildGuard {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Has it exited already?

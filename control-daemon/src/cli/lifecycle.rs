@@ -67,7 +67,11 @@ pub fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
         );
     };
     // Validate first, so a bad config is reported here and the daemon is not bothered.
-    let addrs = netif::addresses(&state.iface).unwrap_or_default();
+    let addrs: Vec<_> = state
+        .ifaces
+        .iter()
+        .flat_map(|i| netif::addresses(i).unwrap_or_default())
+        .collect();
     super::run::prepare(
         &state.policy_path,
         state.tags.as_deref(),

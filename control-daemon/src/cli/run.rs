@@ -108,7 +108,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             bail!("interface {i:?} does not exist in this network namespace");
         }
     }
-    let addrs = netif::addresses(iface).with_context(|| format!("reading addresses of {iface}"))?;
+    // The gateway's own addresses on every interface it enforces on (management
+    // allowances: SSH to the gateway, neighbor discovery).
+    let mut addrs = Vec::new();
+    for i in &ifaces {
+        addrs.extend(netif::addresses(i).with_context(|| format!("reading addresses of {i}"))?);
+    }
     let opts0 = LoadOptions::default();
     let prepared = prepare(
         &args.policy,
