@@ -17,6 +17,8 @@ pub mod names {
     pub const PROG_XDP: &str = "tagwall_xdp";
     /// An XDP program that only passes: the benchmark floor.
     pub const PROG_FLOOR: &str = "tagwall_floor";
+    /// A TC classifier that only passes: the floor for the TC programs.
+    pub const PROG_TC_FLOOR: &str = "tagwall_tc_floor";
     pub const MAP_POLICY_V4: &str = "POLICY_V4";
     pub const MAP_POLICY_V6: &str = "POLICY_V6";
     pub const MAP_PORT_SETS: &str = "PORT_SETS";

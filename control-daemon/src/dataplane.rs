@@ -347,6 +347,25 @@ impl Dataplane {
             .unwrap_or_else(|_| panic!("{name} is a TC program"))
     }
 
+    /// The TC benchmark floor program (TC_ACT_OK only), loaded on first use.
+    ///
+    /// # Errors
+    /// The verifier rejected it (it should not).
+    pub fn tc_floor(&mut self) -> Result<&mut SchedClassifier> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(names::PROG_TC_FLOOR)
+            .ok_or(DataplaneError::MissingProgram {
+                name: names::PROG_TC_FLOOR,
+            })?
+            .try_into()
+            .map_err(verifier(names::PROG_TC_FLOOR))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(verifier(names::PROG_TC_FLOOR))?;
+        }
+        Ok(prog)
+    }
+
     /// The benchmark floor program (XDP_PASS only), loaded on first use.
     ///
     /// # Errors

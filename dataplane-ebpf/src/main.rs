@@ -102,6 +102,12 @@ mod prog {
         xdp_action::XDP_PASS
     }
 
+    /// The floor for the TC programs: a classifier that only passes.
+    #[classifier]
+    pub fn tagwall_tc_floor(_ctx: TcContext) -> i32 {
+        TC_ACT_OK as i32
+    }
+
     /// Used before userspace wrote `CONFIG` (never in practice: the loader writes it
     /// before attaching): slot 0, stateless, enforcing.
     static NO_CONFIG: Config = Config {
