@@ -25,6 +25,8 @@ enum Cmd {
     Run(cli::run::Args),
     /// Print the counters of a running datapath.
     Counters(cli::counters::Args),
+    /// Show what DNS (resolver/proxy) has allowed: names, addresses, rules, expiry.
+    Dns(cli::dns::Args),
     /// Build the effective policy of a config and print a summary (no kernel needed).
     Compile(cli::policy::CompileArgs),
     /// Say whether an address/port is allowed by a config, and why.
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
     let res = match args.cmd {
         Cmd::Run(a) => cli::run::run(&a),
         Cmd::Counters(a) => cli::counters::run(&a),
+        Cmd::Dns(a) => cli::dns::run(&a),
         Cmd::Compile(a) => cli::policy::compile(&a),
         Cmd::Explain(a) => cli::policy::explain(&a),
         Cmd::Export(a) => cli::policy::export(&a),

@@ -23,7 +23,11 @@
 
 pub mod config;
 pub mod matcher;
+mod proxy;
 pub mod ratelimit;
+pub mod report;
+mod resolver;
+mod service;
 pub mod sink;
 pub mod stats;
 pub mod table;
@@ -31,6 +35,8 @@ pub mod wire;
 
 pub use config::{DnsConfig, DnsConfigError, DnsMode, Tuning, Unmatched};
 pub use matcher::Matcher;
+pub use report::{DnsState, state_path};
+pub use service::{Clock, DnsError, DnsHandle, DnsService, serve, unix_ms_now};
 pub use sink::{AddressSink, RecordingSink, SinkEvent, SinkOp};
 pub use stats::StatsSnapshot;
 pub use table::{AddressTable, InUse, TableConfig};
