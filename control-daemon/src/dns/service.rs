@@ -202,11 +202,17 @@ impl Shared {
         let mut t = self.table();
         for n in names {
             if t.record_failure(now, n, error) {
-                tracing::warn!(
-                    name = %n,
-                    max_stale_s = self.cfg.max_stale,
-                    "DNS refresh failed, keeping the last good answer: {error}"
-                );
+                let kept = t.address_count(n);
+                if kept == 0 {
+                    tracing::warn!(name = %n, "DNS lookup failed, nothing is allowed for it yet (retrying): {error}");
+                } else {
+                    tracing::warn!(
+                        name = %n,
+                        addresses = kept,
+                        max_stale_s = self.cfg.max_stale,
+                        "DNS refresh failed, its last good addresses stay allowed up to max_stale past expiry: {error}"
+                    );
+                }
             }
         }
     }

@@ -307,6 +307,12 @@ impl AddressTable {
         false
     }
 
+    /// How many addresses `name` has now.
+    #[must_use]
+    pub fn address_count(&self, name: &str) -> usize {
+        self.names.get(name).map_or(0, |e| e.addrs.len())
+    }
+
     /// Count a client query answered with addresses of `name`.
     pub fn hit(&mut self, name: &str) {
         if let Some(e) = self.names.get_mut(name) {
