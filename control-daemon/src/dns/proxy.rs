@@ -308,9 +308,26 @@ async fn udp_exchange(
     let sock = UdpSocket::bind(any).await.map_err(io)?;
     sock.connect(up).await.map_err(io)?;
     sock.send(out).await.map_err(io)?;
-    let mut buf = vec![0u8; 65_535];
+    // The upstream sees the client's EDNS payload size (the query is forwarded as
+    // is) and must not exceed it; 4 KiB at least, one more byte to notice a larger
+    // datagram (the kernel cuts it) instead of relaying a cut one.
+    let limit = q
+        .msg
+        .edns
+        .as_ref()
+        .map_or(512, hickory_proto::op::Edns::max_payload)
+        .max(4096);
+    let mut buf = vec![0u8; usize::from(limit) + 1];
     loop {
         let n = sock.recv(&mut buf).await.map_err(io)?;
+        if n > usize::from(limit) {
+            return Err(UpstreamError::Bad(
+                up,
+                wire::ResponseError::Decode(format!(
+                    "answer larger than {limit} bytes over UDP (the client's limit)"
+                )),
+            ));
+        }
         let data = &buf[..n];
         match wire::parse_response(data, id, q) {
             Ok(r) => return Ok((data.to_vec(), r)),

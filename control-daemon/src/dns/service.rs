@@ -282,7 +282,8 @@ impl DnsHandle {
     }
 
     /// Install the "address used by a tracked connection" hook (conntrack): expired
-    /// addresses it reports are not revoked until it stops reporting them.
+    /// addresses it reports are not revoked until it stops reporting them. It is
+    /// called with the table locked, during sweeps: keep it to a lookup.
     pub fn set_in_use(&self, f: InUse) {
         self.shared.table().set_in_use(f);
     }
