@@ -172,6 +172,26 @@ struct GateSink {
     entered: AtomicUsize,
 }
 
+impl GateSink {
+    fn open(&self) {
+        *self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Opens the gate when dropped, so a failing test cannot leave the proxy blocked in
+/// `allow` (its guard joins the proxy thread on drop).
+struct OpenOnDrop(Arc<GateSink>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
 impl AddressSink for GateSink {
     fn allow(&self, addr: IpAddr, rule_ids: &[u32]) -> Result<(), String> {
         self.entered.fetch_add(1, Ordering::SeqCst);
@@ -198,6 +218,7 @@ fn no_answer_leaves_while_the_datapath_is_being_programmed() {
         entered: AtomicUsize::new(0),
     });
     let _dns = lab.start_dns(proxy_config(), seed_rules(), sink.clone(), None);
+    let _gate = OpenOnDrop(sink.clone());
     let got: Mutex<Option<(Instant, Vec<u8>)>> = Mutex::new(None);
     let released_at = std::thread::scope(|s| {
         s.spawn(|| {
@@ -216,8 +237,7 @@ fn no_answer_leaves_while_the_datapath_is_being_programmed() {
             "answer sent before allow returned"
         );
         let released_at = Instant::now();
-        *sink.open.lock().expect("lock") = true;
-        sink.cv.notify_all();
+        sink.open();
         released_at
     });
     let (at, resp) = got
