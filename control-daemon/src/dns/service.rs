@@ -477,11 +477,9 @@ impl DnsService {
         self.handle.clone()
     }
 
-    /// Wait until a task ends on its own, which only happens on a bug (a panic): the
-    /// daemon should treat it as fatal. Pending forever while all is well.
-    ///
-    /// # Errors
-    /// [`DnsError::Task`] describing how the task ended.
+    /// Wait until a task ends on its own, which only happens on a bug (a panic), and
+    /// return [`DnsError::Task`] describing it: the daemon should treat it as fatal.
+    /// Pending forever while all is well; cancel-safe (use it in `select!`).
     pub async fn failed(&mut self) -> DnsError {
         match self.tasks.join_next().await {
             Some(Ok(())) => DnsError::Task("a task returned".into()),
