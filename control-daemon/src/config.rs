@@ -243,6 +243,9 @@ pub struct Config {
     pub conntrack: Conntrack,
     pub azureml: Option<AzureMl>,
     pub rules: Vec<UserRule>,
+    /// Host-name enforcement: resolver and/or DNS proxy (see `crate::dns::config`).
+    #[serde(default)]
+    pub dns: crate::dns::DnsConfig,
     /// Where the config came from, for error messages (file name and line starts).
     #[serde(skip)]
     pub origin: Origin,
@@ -423,6 +426,7 @@ impl Config {
                 )));
             }
         }
+        cfg.dns.validate(&cfg.origin)?;
         if let Some(az) = &cfg.azureml {
             let region = az.region.get_ref();
             if region.is_empty() || !region.bytes().all(|b| b.is_ascii_alphanumeric()) {

@@ -8,6 +8,7 @@ pub mod compile;
 pub mod config;
 pub mod dataplane;
 pub mod deps;
+pub mod dns;
 pub mod netif;
 pub mod nft;
 pub mod policy;

@@ -29,6 +29,8 @@ enum Cmd {
     Reload(cli::lifecycle::ReloadArgs),
     /// Stop the daemon and remove the datapath from the interface(s).
     Detach(cli::lifecycle::DetachArgs),
+    /// Show what DNS (resolver/proxy) has allowed: names, addresses, rules, expiry.
+    Dns(cli::dns::Args),
     /// Build the effective policy of a config and print a summary (no kernel needed).
     Compile(cli::policy::CompileArgs),
     /// Say whether an address/port is allowed by a config, and why.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Cmd::Counters(a) => cli::counters::run(&a),
         Cmd::Reload(a) => cli::lifecycle::reload(&a),
         Cmd::Detach(a) => cli::lifecycle::detach(&a),
+        Cmd::Dns(a) => cli::dns::run(&a),
         Cmd::Compile(a) => cli::policy::compile(&a),
         Cmd::Explain(a) => cli::policy::explain(&a),
         Cmd::Export(a) => cli::policy::export(&a),

@@ -6,6 +6,7 @@ use crate::state::{DEFAULT_BPFFS, DEFAULT_STATE_DIR, Paths};
 
 pub mod catalog;
 pub mod counters;
+pub mod dns;
 pub mod lifecycle;
 pub mod policy;
 pub mod run;
