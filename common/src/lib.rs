@@ -31,6 +31,8 @@ pub mod names {
     /// TC programs for host mode (the host's own traffic, on its NIC).
     pub const PROG_TC_EGRESS: &str = "tagwall_tc_egress";
     pub const PROG_TC_INGRESS: &str = "tagwall_tc_ingress";
+    /// Gateway mode: the gateway's own outbound traffic, on TC egress.
+    pub const PROG_TC_LOCAL: &str = "tagwall_tc_local";
     /// Stage 2 (policy and tracking), reached by tail call from the programs above.
     pub const PROG_XDP_DECIDE: &str = "tagwall_xdp_decide";
     pub const PROG_TC_DECIDE: &str = "tagwall_tc_decide";

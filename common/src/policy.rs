@@ -145,6 +145,9 @@ impl Default for PortSet {
 pub const CONFIG_F_DIRECTIONAL: u32 = 1;
 /// `Config::flags`: connection tracking is on.
 pub const CONFIG_F_CONNTRACK: u32 = 2;
+/// `Config::flags`: the gateway's own outbound traffic (TC egress, not forwarded) is
+/// allowed and tracked without consulting the rules.
+pub const CONFIG_F_GATEWAY_OWN: u32 = 4;
 
 /// Value of `CONFIG[0]`, read once per packet. Written in one map update, so the slot,
 /// flags and timeouts of a policy switch together.

@@ -303,18 +303,14 @@ pub fn compile(rules: &[Rule], max_sets: usize) -> Result<CompiledPolicy, Compil
     Ok(policy)
 }
 
-/// The verdict of a compiled policy for one address, protocol and port, looked up the
-/// way the datapath does (longest prefix, then the first matching set entry).
-/// `None`: no entry covers the address; `Some(Err(()))`: covered but not allowed;
-/// `Some(Ok(rule_id))`: allowed and credited to `rule_id`.
+/// The port set of the longest entry of direction `dir` covering `addr`, as the
+/// datapath's LPM lookup finds it.
 #[must_use]
-pub fn lookup(
+pub fn covering_set(
     policy: &CompiledPolicy,
     dir: Direction,
     addr: std::net::IpAddr,
-    proto: u8,
-    port: Option<u16>,
-) -> Option<Result<u32, ()>> {
+) -> Option<&[PortRule]> {
     let set = match addr {
         std::net::IpAddr::V4(a) => policy
             .v4
@@ -329,8 +325,23 @@ pub fn lookup(
             .max_by_key(|(_, n, _)| n.prefix_len())
             .map(|(_, _, s)| *s),
     }?;
+    policy.sets.get(set as usize).map(Vec::as_slice)
+}
+
+/// The verdict of a compiled policy for one address, protocol and port, looked up the
+/// way the datapath does (longest prefix, then the first matching set entry).
+/// `None`: no entry covers the address; `Some(Err(()))`: covered but not allowed;
+/// `Some(Ok(rule_id))`: allowed and credited to `rule_id`.
+#[must_use]
+pub fn lookup(
+    policy: &CompiledPolicy,
+    dir: Direction,
+    addr: std::net::IpAddr,
+    proto: u8,
+    port: Option<u16>,
+) -> Option<Result<u32, ()>> {
     Some(
-        policy.sets[set as usize]
+        covering_set(policy, dir, addr)?
             .iter()
             .find(|r| r.matches(proto, port))
             .map(|r| r.rule_id)

@@ -65,6 +65,10 @@ pub struct Management {
     pub ipv6_neighbor_discovery: bool,
     /// DHCP requests (UDP 67 to the broadcast address).
     pub dhcp: bool,
+    /// Gateway mode: the gateway's own outbound traffic (its DNS upstream queries,
+    /// updates, agents) is allowed and tracked, so its replies come back in. Off: it is
+    /// judged by the rules like forwarded traffic.
+    pub gateway_own_traffic: bool,
 }
 
 impl Default for Management {
@@ -79,6 +83,7 @@ impl Default for Management {
             // Without neighbor discovery IPv6 stops working on the link.
             ipv6_neighbor_discovery: true,
             dhcp: true,
+            gateway_own_traffic: true,
         }
     }
 }

@@ -25,9 +25,9 @@ use tagwall_common::{
     ct::{CtKey, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES},
     names,
     policy::{
-        CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, Config as DpConfig, DEFAULT_MAX_PREFIXES,
-        DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES, PolicyKeyV4, PolicyKeyV6, PolicyValue,
-        PortSet,
+        CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_GATEWAY_OWN, Config as DpConfig,
+        DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES, PolicyKeyV4,
+        PolicyKeyV6, PolicyValue, PortSet,
     },
     verdict::ALL_REASONS,
 };
@@ -175,6 +175,8 @@ pub struct Settings {
     pub internal: Vec<IpNet>,
     /// Connection tracking with these timeouts; `None`: stateless.
     pub conntrack: Option<CtTimeouts>,
+    /// Gateway mode: allow (and track) the gateway's own outbound traffic.
+    pub gateway_own: bool,
 }
 
 impl Settings {
@@ -302,6 +304,7 @@ impl Dataplane {
         let xdp_decide = load_xdp(&mut ebpf, names::PROG_XDP_DECIDE)?;
         load_tc(&mut ebpf, names::PROG_TC_EGRESS)?;
         load_tc(&mut ebpf, names::PROG_TC_INGRESS)?;
+        load_tc(&mut ebpf, names::PROG_TC_LOCAL)?;
         let tc_decide = load_tc(&mut ebpf, names::PROG_TC_DECIDE)?;
         for (name, fd) in [
             (names::MAP_JUMP_XDP, &xdp_decide),
@@ -388,12 +391,20 @@ impl Dataplane {
         self.logger.take()
     }
 
-    /// Attach XDP to `iface` (gateway mode). With a pin directory the link is
-    /// pinned there, and a link pinned by an earlier run is adopted instead.
+    /// Attach XDP to `iface` (gateway mode), and the TC program that tracks the
+    /// gateway's own outbound traffic on its egress. With a pin directory the links
+    /// are pinned there, and links pinned by an earlier run are adopted instead.
     ///
     /// # Errors
     /// [`DataplaneError::Attach`] with the kernel's reason.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached> {
+        self.attach_tc_one(
+            iface,
+            names::PROG_TC_LOCAL,
+            "TC egress (gateway's own traffic)",
+            TcAttachType::Egress,
+            "tc-local",
+        )?;
         let pin = self.link_pin("xdp", iface);
         if let Some(link) = adopt(pin.as_deref()) {
             self.links.push(link);
@@ -443,50 +454,59 @@ impl Dataplane {
     /// # Errors
     /// [`DataplaneError::Attach`] with the kernel's reason.
     pub fn attach_tc(&mut self, iface: &str) -> Result<Attached> {
-        let mut adopted = true;
-        for (name, what, ty, tag) in [
-            (
-                names::PROG_TC_EGRESS,
-                "TC egress",
-                TcAttachType::Egress,
-                "tc-egress",
-            ),
-            (
-                names::PROG_TC_INGRESS,
-                "TC ingress",
-                TcAttachType::Ingress,
-                "tc-ingress",
-            ),
-        ] {
-            let pin = self.link_pin(tag, iface);
-            if let Some(link) = adopt(pin.as_deref()) {
-                self.links.push(link);
-                continue;
-            }
-            adopted = false;
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .expect("TC programs in the object")
-                .try_into()
-                .expect("TC programs are classifiers");
-            let err = |source| DataplaneError::Attach {
-                what,
-                iface: iface.to_owned(),
-                source,
-            };
-            let id = prog.attach(iface, ty).map_err(err)?;
-            if let Some(path) = pin {
-                let link = prog.take_link(id).map_err(err)?;
-                let fd = FdLink::try_from(link).map_err(|e| pin_err(what, iface, &path, &e))?;
-                self.links.push(pin_link(fd, what, iface, &path)?);
-            }
-        }
-        Ok(if adopted {
+        let e = self.attach_tc_one(
+            iface,
+            names::PROG_TC_EGRESS,
+            "TC egress",
+            TcAttachType::Egress,
+            "tc-egress",
+        )?;
+        let i = self.attach_tc_one(
+            iface,
+            names::PROG_TC_INGRESS,
+            "TC ingress",
+            TcAttachType::Ingress,
+            "tc-ingress",
+        )?;
+        Ok(if e && i {
             Attached::Adopted
         } else {
             Attached::Tc
         })
+    }
+
+    /// Attach (or adopt) one TC program; returns whether it was adopted.
+    fn attach_tc_one(
+        &mut self,
+        iface: &str,
+        name: &'static str,
+        what: &'static str,
+        ty: TcAttachType,
+        tag: &str,
+    ) -> Result<bool> {
+        let pin = self.link_pin(tag, iface);
+        if let Some(link) = adopt(pin.as_deref()) {
+            self.links.push(link);
+            return Ok(true);
+        }
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram { name })?
+            .try_into()
+            .map_err(verifier(name))?;
+        let err = |source| DataplaneError::Attach {
+            what,
+            iface: iface.to_owned(),
+            source,
+        };
+        let id = prog.attach(iface, ty).map_err(err)?;
+        if let Some(path) = pin {
+            let link = prog.take_link(id).map_err(err)?;
+            let fd = FdLink::try_from(link).map_err(|e| pin_err(what, iface, &path, &e))?;
+            self.links.push(pin_link(fd, what, iface, &path)?);
+        }
+        Ok(false)
     }
 
     fn link_pin(&self, tag: &str, iface: &str) -> Option<PathBuf> {
@@ -598,6 +618,9 @@ impl Dataplane {
         if settings.conntrack.is_some() {
             flags |= CONFIG_F_CONNTRACK;
         }
+        if settings.gateway_own {
+            flags |= CONFIG_F_GATEWAY_OWN;
+        }
         {
             let map = self.map_mut(names::MAP_CONFIG)?;
             let mut arr: Array<&mut MapData, DpConfig> =
@@ -624,6 +647,101 @@ impl Dataplane {
             sets: policy.sets.len(),
             removed_old,
         })
+    }
+
+    /// The active policy slot and the first `PORT_SETS` index of it.
+    ///
+    /// # Errors
+    /// Map errors.
+    pub fn active_slot(&self) -> Result<(u8, u32)> {
+        let slot = (self.config()?.slot & 1) as u8;
+        Ok((slot, u32::from(slot) * self.sets_per_slot))
+    }
+
+    /// Port sets per slot (indices `0..sets_per_slot()` within a slot).
+    #[must_use]
+    pub fn sets_per_slot(&self) -> u32 {
+        self.sets_per_slot
+    }
+
+    /// Write port set `index` of the active slot. Only for indices no LPM entry names
+    /// yet (past the compiled policy's sets), or with the same content.
+    ///
+    /// # Errors
+    /// Map errors; [`DataplaneError::SetsFull`] past the slot.
+    pub fn write_active_set(
+        &mut self,
+        index: u32,
+        entries: &[tagwall_common::policy::PortRule],
+    ) -> Result<()> {
+        if index >= self.sets_per_slot || entries.len() > MAX_PORT_RULES {
+            return Err(DataplaneError::SetsFull {
+                needed: index as usize + 1,
+                have: self.sets_per_slot,
+            });
+        }
+        let (_, base) = self.active_slot()?;
+        let mut set = PortSet::default();
+        set.count = u32::try_from(entries.len()).expect("small");
+        set.rules[..entries.len()].copy_from_slice(entries);
+        let map = self.map_mut(names::MAP_PORT_SETS)?;
+        let mut sets: Array<&mut MapData, PortSet> =
+            Array::try_from(map).map_err(map_err(names::MAP_PORT_SETS))?;
+        sets.set(base + index, set, 0)
+            .map_err(map_err(names::MAP_PORT_SETS))
+    }
+
+    /// Insert (or replace) the host entry `addr` (/32 or /128) of direction `dir` in
+    /// the active slot, naming port set `index` of that slot. One map update: a
+    /// packet sees the old or the new entry.
+    ///
+    /// # Errors
+    /// Map errors.
+    pub fn put_active_host(
+        &mut self,
+        dir: Direction,
+        addr: std::net::IpAddr,
+        index: u32,
+    ) -> Result<()> {
+        let (slot, base) = self.active_slot()?;
+        let value = PolicyValue {
+            set_id: base + index,
+            flags: 0,
+        };
+        match addr {
+            std::net::IpAddr::V4(a) => {
+                let map = self.map_mut(names::MAP_POLICY_V4)?;
+                let mut trie: LpmTrie<&mut MapData, PolicyKeyV4, PolicyValue> =
+                    LpmTrie::try_from(map).map_err(map_err(names::MAP_POLICY_V4))?;
+                let key = Key::new(
+                    KEY_HDR_BITS + 32,
+                    PolicyKeyV4 {
+                        slot,
+                        dir: dir_code(dir),
+                        _pad: [0; 2],
+                        addr: a.octets(),
+                    },
+                );
+                trie.insert(&key, value, 0)
+                    .map_err(map_err(names::MAP_POLICY_V4))
+            }
+            std::net::IpAddr::V6(a) => {
+                let map = self.map_mut(names::MAP_POLICY_V6)?;
+                let mut trie: LpmTrie<&mut MapData, PolicyKeyV6, PolicyValue> =
+                    LpmTrie::try_from(map).map_err(map_err(names::MAP_POLICY_V6))?;
+                let key = Key::new(
+                    KEY_HDR_BITS + 128,
+                    PolicyKeyV6 {
+                        slot,
+                        dir: dir_code(dir),
+                        _pad: [0; 2],
+                        addr: a.octets(),
+                    },
+                );
+                trie.insert(&key, value, 0)
+                    .map_err(map_err(names::MAP_POLICY_V6))
+            }
+        }
     }
 
     /// Internal prefixes of `slot` (`KEY_DIR_INTERNAL` entries; the value is unused).
@@ -748,7 +866,7 @@ impl Dataplane {
     /// # Errors
     /// Map errors.
     pub fn counters(&self) -> Result<Counters> {
-        self.counters_for(1..MAX_RULES)
+        self.counters_for(0..MAX_RULES)
     }
 
     /// Current counters, reading only the given rules' counters (cheaper than all).
@@ -949,7 +1067,7 @@ impl Counters {
             &arr(names::MAP_ACTION_STATS)?,
             &arr(names::MAP_CT_STATS)?,
             cfg,
-            1..MAX_RULES,
+            0..MAX_RULES,
         )
     }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplane;
 pub mod deps;
 pub mod dns;
+pub mod enforcer;
 pub mod netif;
 pub mod nft;
 pub mod policy;

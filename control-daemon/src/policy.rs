@@ -368,7 +368,40 @@ pub fn build(
             audit: config.audit,
         },
     };
-    for r in management_rules(&config.management, iface_addrs) {
+    let mut mgmt = management_rules(&config.management, iface_addrs);
+    if config.dns.mode.proxy() && !config.dns.listen.is_empty() {
+        // Clients must reach tagwall's own DNS proxy, or host-name rules never fill.
+        let addrs: Vec<ipnet::IpNet> = config
+            .dns
+            .listen
+            .iter()
+            .map(|a| ipnet::IpNet::from(a.ip()))
+            .collect();
+        let ports: Vec<PortRange> = {
+            let mut p: Vec<u16> = config
+                .dns
+                .listen
+                .iter()
+                .map(std::net::SocketAddr::port)
+                .collect();
+            p.sort_unstable();
+            p.dedup();
+            p.into_iter().map(PortRange::single).collect()
+        };
+        for (proto, name) in [(Proto::UDP, "dns-proxy-udp"), (Proto::TCP, "dns-proxy-tcp")] {
+            mgmt.push(Rule {
+                id: 0,
+                name: format!("mgmt:{name}"),
+                direction: Direction::Local,
+                prefixes: addrs.clone(),
+                proto,
+                ports: ports.clone(),
+                origin: "management allowance: clients reach tagwall's DNS proxy ([dns] listen)"
+                    .into(),
+            });
+        }
+    }
+    for r in mgmt {
         let prov = Provenance {
             rule_id: 0,
             name: String::new(),

@@ -31,9 +31,9 @@ mod prog {
             CT_TCP_SYN_SENT, CT_UNREPLIED, CtKey, CtValue, DEFAULT_CT_MAX_ENTRIES, V4_MAPPED_WORD,
         },
         policy::{
-            CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, Config, DEFAULT_MAX_PREFIXES,
-            DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES, PROTO_ANY, PROTO_TCP, PROTO_UDP,
-            PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
+            CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_GATEWAY_OWN, Config,
+            DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES, PROTO_ANY,
+            PROTO_TCP, PROTO_UDP, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
         },
         verdict::{
             REASON_ALLOWED, REASON_ESTABLISHED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED,
@@ -93,6 +93,8 @@ mod prog {
         HostEgress = 1,
         /// TC ingress of a host's NIC: traffic to the host.
         HostIngress = 2,
+        /// TC egress of a gateway's NIC, packets the gateway itself sends.
+        GatewayLocal = 3,
     }
 
     /// The floor for benchmarks: an XDP program that only passes. tagwall's per-packet
@@ -191,6 +193,19 @@ mod prog {
     #[classifier]
     pub fn tagwall_tc_ingress(ctx: TcContext) -> i32 {
         tc(&ctx, Hook::HostIngress)
+    }
+
+    /// Gateway mode, on the egress of the gateway's interfaces: the gateway's *own*
+    /// outbound traffic (its DNS upstream queries, SSH replies, ...). Forwarded packets
+    /// were judged by XDP where they came in and pass untouched and uncounted here.
+    #[classifier]
+    pub fn tagwall_tc_local(ctx: TcContext) -> i32 {
+        // SAFETY: the context's skb pointer is valid for the program's run.
+        let ingress_ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+        if ingress_ifindex != 0 {
+            return TC_ACT_OK as i32;
+        }
+        tc(&ctx, Hook::GatewayLocal)
     }
 
     /// Host mode, stage 2 (both directions; the hook is in `FACTS`).
@@ -336,6 +351,7 @@ mod prog {
         let hook = match f.hook {
             1 => Hook::HostEgress,
             2 => Hook::HostIngress,
+            3 => Hook::GatewayLocal,
             _ => Hook::Gateway,
         };
         let slot = cfg.slot as u8;
@@ -349,8 +365,21 @@ mod prog {
         // a gateway must be headed for the protected network (inbound rules open the
         // internal prefixes to their sources, not the whole world); local rules apply
         // regardless.
+        if hook == Hook::GatewayLocal && cfg.flags & CONFIG_F_GATEWAY_OWN != 0 {
+            // The gateway's own traffic is allowed (and tracked, so its replies come
+            // back in); credited to rule 0, "the gateway itself".
+            let v = Verdict {
+                reason: REASON_ALLOWED,
+                dir: DIR_EGRESS,
+                rule_id: 0,
+            };
+            if tracking {
+                ct_open(f, &v, cfg.generation);
+            }
+            return v;
+        }
         let (dir, rules) = match hook {
-            Hook::HostEgress => (DIR_EGRESS, true),
+            Hook::HostEgress | Hook::GatewayLocal => (DIR_EGRESS, true),
             Hook::HostIngress => (DIR_INGRESS, true),
             Hook::Gateway => {
                 if cfg.flags & CONFIG_F_DIRECTIONAL == 0 || is_internal(&f.src, f.v6, slot) {

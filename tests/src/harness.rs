@@ -23,6 +23,8 @@ pub enum Prog {
     TcEgress,
     /// Host mode, arriving at the host.
     TcIngress,
+    /// Gateway mode, the gateway's own outbound traffic (TC egress).
+    TcLocal,
 }
 
 pub const XDP_DROP: u32 = 1;
@@ -118,6 +120,7 @@ impl Harness {
             Prog::Xdp => self.dp.xdp().test_run(opts),
             Prog::TcEgress => self.dp.tc(names::PROG_TC_EGRESS).test_run(opts),
             Prog::TcIngress => self.dp.tc(names::PROG_TC_INGRESS).test_run(opts),
+            Prog::TcLocal => self.dp.tc(names::PROG_TC_LOCAL).test_run(opts),
         }
         .expect("BPF_PROG_TEST_RUN")
         .return_value;

@@ -105,6 +105,7 @@ fn settings(internal: &[&str], timeouts: CtTimeouts) -> Settings {
         audit: false,
         internal: internal.iter().map(|n| n.parse().unwrap()).collect(),
         conntrack: Some(timeouts),
+        gateway_own: true,
     }
 }
 
@@ -728,5 +729,72 @@ fn host_mode_tc_programs_enforce_the_same_policy() {
         REASON_NO_MATCH,
         0,
         DIR_INGRESS,
+    );
+}
+
+#[test]
+fn the_gateways_own_traffic_is_allowed_and_its_replies_come_back() {
+    let mut h = Harness::with(rules(), &gateway());
+    // The gateway (10.0.0.1) queries its upstream DNS: no rule needed, tracked.
+    expect(
+        &mut h,
+        Prog::TcLocal,
+        "gateway's own query",
+        &udp_f("10.0.0.1", 40000, "198.18.0.53", 53),
+        REASON_ALLOWED,
+        0,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        Prog::Xdp,
+        "the answer",
+        &udp_f("198.18.0.53", 53, "10.0.0.1", 40000),
+        REASON_ESTABLISHED,
+        0,
+        DIR_INGRESS,
+    );
+    // SSH into the gateway (a local rule), and the gateway's reply on TC egress.
+    expect(
+        &mut h,
+        Prog::Xdp,
+        "SSH in",
+        &tcp("198.51.100.7", 6000, "10.0.0.1", 22, SYN),
+        REASON_ALLOWED,
+        SSH,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        Prog::TcLocal,
+        "SSH reply",
+        &tcp("10.0.0.1", 22, "198.51.100.7", 6000, SYN_ACK),
+        REASON_ESTABLISHED,
+        SSH,
+        DIR_EGRESS,
+    );
+    // With the allowance off, the gateway's own traffic is judged by the rules.
+    let strict = Settings {
+        gateway_own: false,
+        ..gateway()
+    };
+    h.reapply_with(rules(), &strict);
+    expect(
+        &mut h,
+        Prog::TcLocal,
+        "own traffic, judged",
+        &udp_f("10.0.0.1", 40001, "198.18.0.53", 53),
+        REASON_NO_MATCH,
+        0,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        Prog::TcLocal,
+        "own traffic, allowed by a rule",
+        &tcp("10.0.0.1", 40002, "203.0.113.10", 443, SYN),
+        REASON_ALLOWED,
+        WEB,
+        DIR_EGRESS,
     );
 }

@@ -47,6 +47,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     };
     let name = |id: u32| {
+        if id == 0 {
+            return "gateway:own-traffic".to_owned();
+        }
         names
             .get(&id)
             .cloned()

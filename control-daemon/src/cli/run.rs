@@ -9,6 +9,7 @@
 
 use std::{
     path::PathBuf,
+    sync::Arc,
     time::{Instant, SystemTime},
 };
 
@@ -20,8 +21,10 @@ use crate::{
     compile::{CompiledPolicy, compile},
     config::Config,
     dataplane::{AttachMode, Attached, Dataplane, LoadOptions, Settings, remove_pins},
+    dns::{DnsMode, DnsService, state_path},
+    enforcer::Enforcer,
     netif,
-    policy::Effective,
+    policy::{Effective, FqdnRule},
     state::{PolicyState, ReloadStatus, ensure_bpffs},
 };
 
@@ -85,6 +88,7 @@ pub fn prepare(
         audit: config.audit,
         internal: config.internal_prefixes.clone(),
         conntrack: config.conntrack.timeouts(),
+        gateway_own: config.management.gateway_own_traffic,
     };
     Ok(Prepared {
         config,
@@ -122,10 +126,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &addrs,
         opts0.sets_per_slot as usize,
     )?;
-    if !prepared.effective.fqdns.is_empty() {
+    let dns_mode = prepared
+        .config
+        .dns
+        .mode
+        .effective(!prepared.effective.fqdns.is_empty());
+    if !prepared.effective.fqdns.is_empty() && dns_mode == DnsMode::Off {
         tracing::warn!(
             patterns = prepared.effective.fqdns.len(),
-            "host-name rules are not enforced yet (no DNS resolver/proxy): their addresses stay denied"
+            "[dns] mode is off: host-name rules stay denied (no address is ever learned for them)"
         );
     }
     if prepared.settings.internal.is_empty() && !args.host {
@@ -142,8 +151,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ..opts0
     };
     ensure_bpffs(&args.loc.bpffs).map_err(anyhow::Error::msg)?;
-    let mut dp = Dataplane::load(&opts)?;
-    let stats = dp.apply(&prepared.compiled, &prepared.settings)?;
+    let dp = Dataplane::load(&opts)?;
+    let fqdns = prepared.effective.fqdns.clone();
+    let dns_cfg = prepared.config.dns.clone();
+    let (enforcer, stats) = Enforcer::new(
+        dp,
+        prepared.effective.rules.clone(),
+        prepared.settings.clone(),
+    )?;
+    let enforcer = Arc::new(enforcer);
     tracing::info!(
         rules = prepared.effective.rules.len(),
         prefixes = stats.prefixes,
@@ -153,6 +169,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         conntrack = prepared.settings.conntrack.is_some(),
         "policy applied"
     );
+    let mut dp = enforcer.dataplane_mut();
     for i in &ifaces {
         if args.host {
             match dp.attach_tc(i)? {
@@ -171,6 +188,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }
         }
     }
+    drop(dp);
     let mut state = PolicyState {
         iface: iface.clone(),
         ifaces: ifaces.clone(),
@@ -189,7 +207,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .save(&paths.state_file)
         .with_context(|| format!("writing {}", paths.state_file.display()))?;
 
-    let logger = dp.take_logger();
+    let logger = enforcer.take_logger();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -213,16 +231,38 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
-        loop {
+        let dns_state = state_path(&paths);
+        let mut dns = start_dns(&dns_cfg, &fqdns, &enforcer, &dns_state).await?;
+        let mut fqdns = fqdns;
+        let result = loop {
+            let dns_failed = async {
+                match dns.as_mut() {
+                    Some(d) => d.failed().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-                _ = hup.recv() => reload(args, &addrs, &mut dp, &mut state, &paths.state_file),
+                _ = tokio::signal::ctrl_c() => break Ok(()),
+                _ = term.recv() => break Ok(()),
+                e = dns_failed => break Err(anyhow::anyhow!("DNS service failed: {e}")),
+                _ = hup.recv() => {
+                    if let Some(new) = reload(args, &addrs, &enforcer, &fqdns, &mut state, &paths.state_file) {
+                        // Host-name rules changed: DNS starts afresh with the new ones.
+                        if let Some(d) = dns.take() {
+                            d.shutdown().await;
+                        }
+                        dns = start_dns(&new.1, &new.0, &enforcer, &dns_state).await?;
+                        fqdns = new.0;
+                    }
+                }
             }
+        };
+        if let Some(d) = dns.take() {
+            d.shutdown().await;
         }
-        anyhow::Ok(())
+        result
     })?;
-    drop(dp);
+    drop(enforcer);
     if args.detach_on_exit {
         tracing::info!("signal received: detaching and removing pinned state");
         remove_pins(&paths.pin_dir)
@@ -239,16 +279,47 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Start the DNS resolver/proxy for the host-name rules, if its mode is on.
+async fn start_dns(
+    cfg: &crate::dns::DnsConfig,
+    fqdns: &[FqdnRule],
+    enforcer: &Arc<Enforcer>,
+    state_file: &std::path::Path,
+) -> anyhow::Result<Option<DnsService>> {
+    if cfg.mode.effective(!fqdns.is_empty()) == DnsMode::Off {
+        return Ok(None);
+    }
+    let svc = DnsService::start(
+        cfg.clone(),
+        fqdns,
+        enforcer.sink(),
+        Some(state_file.to_path_buf()),
+    )
+    .await
+    .context("starting the DNS service")?;
+    let e = enforcer.clone();
+    svc.handle()
+        .set_in_use(Arc::new(move |addr: &std::net::IpAddr| e.in_use(addr)));
+    tracing::info!(
+        mode = svc.handle().mode().as_str(),
+        names = fqdns.len(),
+        "DNS service started"
+    );
+    Ok(Some(svc))
+}
+
 /// SIGHUP: build the new policy from the same files; apply it only if everything
 /// succeeded (the old one stays in force otherwise). The outcome goes to the log and
-/// to the state file, where `tagwall reload` reads it.
+/// to the state file, where `tagwall reload` reads it. Returns the new host-name
+/// rules and DNS config when they changed (DNS must restart with them).
 fn reload(
     args: &Args,
     addrs: &[std::net::IpAddr],
-    dp: &mut Dataplane,
+    enforcer: &Enforcer,
+    fqdns: &[FqdnRule],
     state: &mut PolicyState,
     state_file: &std::path::Path,
-) {
+) -> Option<(Vec<FqdnRule>, crate::dns::DnsConfig)> {
     let t0 = Instant::now();
     let res = prepare(
         &args.policy,
@@ -258,15 +329,17 @@ fn reload(
         LoadOptions::default().sets_per_slot as usize,
     )
     .and_then(|p| {
-        let stats = dp.apply(&p.compiled, &p.settings)?;
-        Ok((p, stats))
+        let same_names = p.effective.fqdns == fqdns;
+        let stats = enforcer.replace(p.effective.rules.clone(), p.settings.clone(), same_names)?;
+        Ok((p, stats, same_names))
     });
     state.reloads += 1;
     let at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let mut restart = None;
     match res {
-        Ok((p, stats)) => {
+        Ok((p, stats, same_names)) => {
             let micros = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
             tracing::info!(
                 generation = stats.generation,
@@ -274,6 +347,12 @@ fn reload(
                 micros,
                 "policy reloaded"
             );
+            if !same_names {
+                tracing::warn!(
+                    "host-name rules changed: DNS-learned addresses are dropped and learned again"
+                );
+                restart = Some((p.effective.fqdns.clone(), p.config.dns.clone()));
+            }
             state.generation = stats.generation;
             state.audit = p.settings.audit;
             state.rules = p.effective.rules;
@@ -300,4 +379,5 @@ fn reload(
     if let Err(e) = state.save(state_file) {
         tracing::error!("writing {}: {e}", state_file.display());
     }
+    restart
 }
