@@ -167,6 +167,23 @@ ports = [8080]
         listed.is_some(),
         "tagwall dns never listed foo.blob.core.windows.net"
     );
+    // `tagwall explain` names the host name that brought the address in.
+    let out = std::process::Command::new(tagwall_bin())
+        .args(["explain", "--config"])
+        .arg(&policy)
+        .args(["--iface", &lab.gw_in, "--state-dir"])
+        .arg(lab.dir.path.join("state"))
+        .arg(format!("{BLOB_ADDR}:8080"))
+        .output()
+        .expect("tagwall explain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("ALLOWED")
+            && text.contains("foo.blob.core.windows.net"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A 1 s TTL: learned, then gone after TTL + grace (no flow keeps it).
     assert!(dig(&lab, "short.blob.core.windows.net").contains(SHORT_ADDR));

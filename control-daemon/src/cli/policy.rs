@@ -210,6 +210,13 @@ pub struct ExplainArgs {
     /// Match as outbound (destination, default) or inbound (source) traffic.
     #[arg(long, value_enum, default_value = "outbound")]
     pub direction: DirArg,
+    /// Also use what the running daemon on this interface learned from DNS (names
+    /// whose answers brought the address in).
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// State directory of the running daemon (with --iface).
+    #[arg(long, env = "TAGWALL_STATE_DIR", default_value = crate::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -374,12 +381,62 @@ pub fn explain_text(
 /// See [`load`]; a target that does not parse.
 pub fn explain(a: &ExplainArgs) -> anyhow::Result<()> {
     let (ip, port, proto) = parse_target(&a.target).map_err(anyhow::Error::msg)?;
-    let (_, eff, compiled) = build(&a.src)?;
+    let (_, mut eff, mut compiled) = build(&a.src)?;
+    let mut learned = Vec::new();
+    if let Some(iface) = &a.iface {
+        let paths =
+            crate::state::Paths::new(Path::new(crate::state::DEFAULT_BPFFS), &a.state_dir, iface);
+        let dns_file = crate::dns::state_path(&paths);
+        let state = crate::dns::DnsState::load(&dns_file).with_context(|| {
+            format!(
+                "no DNS state of a daemon on {iface} at {} (is `tagwall run` using DNS there?)",
+                dns_file.display()
+            )
+        })?;
+        // The daemon's rule ids can differ from this build's (its management rules
+        // depend on its interface addresses): match by rule name, from its state.
+        let running = crate::state::PolicyState::load(&paths.state_file).with_context(|| {
+            format!(
+                "no policy state of a daemon on {iface} at {}",
+                paths.state_file.display()
+            )
+        })?;
+        learned = state
+            .who(&ip)
+            .into_iter()
+            .map(|(name, id)| {
+                let rule = running
+                    .rules
+                    .iter()
+                    .find(|r| r.id == id)
+                    .map_or_else(|| format!("rule#{id}"), |r| r.name.clone());
+                (name, rule)
+            })
+            .collect();
+        if !learned.is_empty() {
+            for (_, rule) in &learned {
+                if let Some(r) = eff.rules.iter_mut().find(|r| r.name == *rule) {
+                    r.prefixes.push(ipnet::IpNet::from(ip));
+                }
+            }
+            compiled = eff
+                .compile(tagwall_common::policy::DEFAULT_SETS_PER_SLOT as usize)
+                .context("compiling with the DNS-learned address")?;
+        }
+    }
     let dir = match a.direction {
         DirArg::Outbound => Direction::Outbound,
         DirArg::Inbound => Direction::Inbound,
     };
     print!("{}", explain_text(&eff, &compiled, ip, port, proto, dir));
+    if let Some(iface) = &a.iface {
+        if learned.is_empty() {
+            println!("  DNS on {iface}: no host name resolved to {ip}");
+        }
+        for (name, rule) in &learned {
+            println!("  DNS on {iface}: {name} resolved to {ip} (host-name rule {rule})");
+        }
+    }
     Ok(())
 }
 
