@@ -550,10 +550,7 @@ impl Dataplane {
             let mut sets: Array<&mut MapData, PortSet> =
                 Array::try_from(map).map_err(map_err(names::MAP_PORT_SETS))?;
             for (i, entries) in policy.sets.iter().enumerate() {
-                let mut set = PortSet::default();
-                debug_assert!(entries.len() <= MAX_PORT_RULES);
-                set.count = u32::try_from(entries.len()).expect("small");
-                set.rules[..entries.len()].copy_from_slice(entries);
+                let set = port_set(entries);
                 let idx = base + u32::try_from(i).expect("sets fit u32");
                 sets.set(idx, set, 0)
                     .map_err(map_err(names::MAP_PORT_SETS))?;
@@ -681,9 +678,7 @@ impl Dataplane {
             });
         }
         let (_, base) = self.active_slot()?;
-        let mut set = PortSet::default();
-        set.count = u32::try_from(entries.len()).expect("small");
-        set.rules[..entries.len()].copy_from_slice(entries);
+        let set = port_set(entries);
         let map = self.map_mut(names::MAP_PORT_SETS)?;
         let mut sets: Array<&mut MapData, PortSet> =
             Array::try_from(map).map_err(map_err(names::MAP_PORT_SETS))?;
@@ -889,6 +884,18 @@ impl Dataplane {
             self.config()?,
             rule_ids,
         )
+    }
+}
+
+/// A `PORT_SETS` value from at most `MAX_PORT_RULES` entries; the rest stay zero (rule
+/// id 0, which the datapath never credits).
+fn port_set(entries: &[tagwall_common::policy::PortRule]) -> PortSet {
+    assert!(entries.len() <= MAX_PORT_RULES, "compiler bounds set sizes");
+    let mut rules = PortSet::default().rules;
+    rules[..entries.len()].copy_from_slice(entries);
+    PortSet {
+        count: u32::try_from(entries.len()).expect("small"),
+        rules,
     }
 }
 
