@@ -722,8 +722,10 @@ impl Dataplane {
             });
         }
         let (_, base) = self.active_slot()?;
-        let mut set = PortSet::default();
-        set.count = u32::try_from(entries.len()).expect("small");
+        let mut set = PortSet {
+            count: u32::try_from(entries.len()).expect("small"),
+            ..PortSet::default()
+        };
         set.rules[..entries.len()].copy_from_slice(entries);
         let map = self.map_mut(names::MAP_PORT_SETS)?;
         let mut sets: Array<&mut MapData, PortSet> =
