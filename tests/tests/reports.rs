@@ -745,3 +745,70 @@ ports = [8080]
     daemon.stop();
     let _ = lab.tagwall("detach", &[]);
 }
+
+#[test]
+fn events_of_a_datapath_without_daemon_are_written_by_the_next_one() {
+    let lab = Lab::new();
+    let log = lab.dir.path.join("denied.jsonl");
+    let policy = lab.write_policy(
+        "restart.toml",
+        &format!(
+            r#"
+[reports]
+denied_log = "{}"
+
+[[rules]]
+name = "web-a"
+to = ["10.77.2.2/32"]
+protocol = "tcp"
+ports = [8080]
+"#,
+            log.display()
+        ),
+    );
+    let daemon = lab.start_tagwall(&policy, &[]);
+    assert_eq!(
+        send_udp(&lab.client, sa(CLIENT_V4, 42000), sa(INET_B_V4, 5300), 2),
+        2
+    );
+    let (_, before) = wait_for_log(&lab, &log);
+    assert_eq!(before.len(), 2);
+    // No goodbye; the pinned datapath keeps enforcing and queues events in its ring.
+    let _ = daemon.kill9();
+    const M: usize = 5;
+    assert_eq!(
+        send_udp(&lab.client, sa(CLIENT_V4, 42001), sa(INET_B_V4, 5300), M),
+        M
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let restarted_at = rfc3339(unix_ns());
+    let daemon = lab.start_tagwall(&policy, &[]);
+    assert!(
+        daemon.log().contains("adopted the pinned link"),
+        "{}",
+        daemon.log()
+    );
+    let lines = wait_for(Duration::from_secs(10), || {
+        let l = log_lines(&log);
+        (l.len() == 2 + M).then_some(l)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{} lines after the restart\n{}",
+            log_lines(&log).len(),
+            daemon.log()
+        )
+    });
+    let queued: Vec<&Value> = lines.iter().filter(|l| l["source_port"] == 42001).collect();
+    assert_eq!(queued.len(), M);
+    for l in queued {
+        // Stamped when dropped, not when written.
+        assert!(l["time"].as_str().unwrap() < restarted_at.as_str(), "{l}");
+    }
+    // Counters carried on: all 2 + M drops, all emitted.
+    let r = report(&lab, &["--no-save"]);
+    assert_eq!(u(&r["events"]["emitted"]["packets"]), (2 + M) as u64);
+    assert_eq!(drops(&r, "outbound", "no_match"), (2 + M) as u64);
+    daemon.stop();
+    let _ = lab.tagwall("detach", &[]);
+}
