@@ -901,30 +901,22 @@ pub fn render_table(r: &Report) -> String {
     }
 
     let e = &r.events;
+    let ev = |c: &Count| match c.delta {
+        Some(d) => format!("{} (+{})", c.packets, d.packets),
+        None => c.packets.to_string(),
+    };
     let _ = writeln!(
         s,
-        "\nDENIED-FLOW EVENTS  emitted {}{}, rate-limited {}{}, ring full {}{}",
-        e.emitted.packets,
-        delta_cell(&e.emitted, true)
-            .is_empty()
-            .then(String::new)
-            .unwrap_or_else(|| format!(" ({})", delta_cell(&e.emitted, true))),
-        e.rate_limited.packets,
-        delta_cell(&e.rate_limited, true)
-            .is_empty()
-            .then(String::new)
-            .unwrap_or_else(|| format!(" ({})", delta_cell(&e.rate_limited, true))),
-        e.ring_full.packets,
-        delta_cell(&e.ring_full, true)
-            .is_empty()
-            .then(String::new)
-            .unwrap_or_else(|| format!(" ({})", delta_cell(&e.ring_full, true))),
+        "\nDENIED-FLOW EVENTS  emitted {}, rate-limited {}, ring full {}",
+        ev(&e.emitted),
+        ev(&e.rate_limited),
+        ev(&e.ring_full)
     );
     match &e.log {
         Some(l) => {
             let _ = writeln!(
                 s,
-                "  log {}: {} lines written, {} lost to write errors, {} undecodable, {} discarded (no log configured)",
+                "  log {}: {} lines written, {} lost to write errors, {} undecodable, {} discarded (no log configured); since the daemon started",
                 l.path
                     .as_ref()
                     .map_or_else(|| "(off)".to_owned(), |p| p.display().to_string()),
