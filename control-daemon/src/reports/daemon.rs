@@ -139,9 +139,14 @@ impl Observability {
             );
         }
         if new.top_denied_entries != cur.top_denied_entries {
-            tracing::warn!(
-                "[reports] top_denied_entries changed: the table keeps its size until `tagwall detach` and a new `tagwall run`"
-            );
+            if new.top_denied_entries == 0 {
+                tracing::info!("[reports] top_denied_entries = 0: top-denied counting off");
+            } else {
+                tracing::warn!(
+                    "[reports] top_denied_entries changed: counting is on, but the table keeps \
+                     the size it was loaded with until `tagwall detach` and a new `tagwall run`"
+                );
+            }
         }
         if let Err(e) = self
             .enforcer
@@ -159,11 +164,9 @@ impl Observability {
         }
         self.log.set_path(new.denied_log.clone());
         let listen = cur.metrics_listen;
-        let top = cur.top_denied_entries;
         *cur = new.clone();
-        // What needs a restart stays as it is.
+        // The listener stays as it is until a restart.
         cur.metrics_listen = listen;
-        cur.top_denied_entries = top;
     }
 
     /// Stop serving metrics, drain the ring once more, stop the reader.
