@@ -9,6 +9,7 @@
 pub mod counters;
 pub mod ct;
 pub mod policy;
+pub mod reports;
 pub mod verdict;
 
 /// Names of the maps and programs in the eBPF object. Userspace looks them up by these
@@ -41,6 +42,13 @@ pub mod names {
     pub const MAP_JUMP_TC: &str = "JUMP_TC";
     /// Per-CPU scratch that carries a packet's parsed facts from stage 1 to stage 2.
     pub const MAP_FACTS: &str = "FACTS";
+    /// Denied-flow events (ring buffer), their rate limit and counters.
+    pub const MAP_EVENTS: &str = "EVENTS";
+    pub const MAP_EVENT_STATS: &str = "EVENT_STATS";
+    pub const MAP_EVENT_BUCKET: &str = "EVENT_BUCKET";
+    pub const MAP_REPORT_CONFIG: &str = "REPORT_CONFIG";
+    /// Drops per remote address, port, protocol and direction (LRU hash).
+    pub const MAP_TOP_DENIED: &str = "TOP_DENIED";
 }
 
 #[cfg(feature = "user")]
@@ -49,6 +57,7 @@ mod pod {
         counters::Counter,
         ct::{CtKey, CtTimeouts, CtValue},
         policy::{Config, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortRule, PortSet},
+        reports::{DenyEvent, ReportConfig, TokenBucket, TopKey, TopValue},
     };
 
     // SAFETY: all of these are #[repr(C)] structs made only of integers and integer
@@ -63,4 +72,9 @@ mod pod {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for CtTimeouts {}
+    unsafe impl aya::Pod for ReportConfig {}
+    unsafe impl aya::Pod for TokenBucket {}
+    unsafe impl aya::Pod for DenyEvent {}
+    unsafe impl aya::Pod for TopKey {}
+    unsafe impl aya::Pod for TopValue {}
 }

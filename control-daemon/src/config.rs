@@ -251,6 +251,9 @@ pub struct Config {
     /// Host-name enforcement: resolver and/or DNS proxy (see `crate::dns::config`).
     #[serde(default)]
     pub dns: crate::dns::DnsConfig,
+    /// Denied-flow log, its rate limit, top-denied table size, metrics endpoint.
+    #[serde(default)]
+    pub reports: crate::reports::ReportsConfig,
     /// Where the config came from, for error messages (file name and line starts).
     #[serde(skip)]
     pub origin: Origin,
@@ -432,6 +435,7 @@ impl Config {
             }
         }
         cfg.dns.validate(&cfg.origin)?;
+        cfg.reports.check().map_err(invalid)?;
         if let Some(az) = &cfg.azureml {
             let region = az.region.get_ref();
             if region.is_empty() || !region.bytes().all(|b| b.is_ascii_alphanumeric()) {

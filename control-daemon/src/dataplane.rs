@@ -48,7 +48,7 @@ pub const OLD_SLOT_GRACE: Duration = Duration::from_millis(5);
 /// the last user-space reference to it goes, which would break the attached
 /// programs when the daemon exits; `FACTS` joins the two stages, so both must see
 /// the same one after a restart.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 17] = [
     names::MAP_POLICY_V4,
     names::MAP_POLICY_V6,
     names::MAP_PORT_SETS,
@@ -61,6 +61,11 @@ pub const PINNED_MAPS: [&str; 12] = [
     names::MAP_JUMP_XDP,
     names::MAP_JUMP_TC,
     names::MAP_FACTS,
+    names::MAP_EVENTS,
+    names::MAP_EVENT_STATS,
+    names::MAP_EVENT_BUCKET,
+    names::MAP_REPORT_CONFIG,
+    names::MAP_TOP_DENIED,
 ];
 
 /// Prefix of pinned link files: `link-xdp-<iface>`, `link-tc-egress-<iface>`, ...
@@ -151,6 +156,8 @@ pub struct LoadOptions {
     pub ct_max_entries: u32,
     /// aya-log level in the datapath (0 off .. 5 trace).
     pub log_level: u8,
+    /// Capacity of the top-denied table (LRU).
+    pub top_denied_entries: u32,
 }
 
 impl Default for LoadOptions {
@@ -161,6 +168,7 @@ impl Default for LoadOptions {
             sets_per_slot: DEFAULT_SETS_PER_SLOT,
             ct_max_entries: DEFAULT_CT_MAX_ENTRIES,
             log_level: 0,
+            top_denied_entries: tagwall_common::reports::DEFAULT_TOP_DENIED_ENTRIES,
         }
     }
 }
@@ -288,6 +296,7 @@ impl Dataplane {
             .map_max_entries(names::MAP_POLICY_V6, opts.max_prefixes)
             .map_max_entries(names::MAP_PORT_SETS, 2 * opts.sets_per_slot)
             .map_max_entries(names::MAP_CONNTRACK, opts.ct_max_entries)
+            .map_max_entries(names::MAP_TOP_DENIED, opts.top_denied_entries.max(1))
             .override_global(aya_log::LEVEL, &opts.log_level, false);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
@@ -384,6 +393,38 @@ impl Dataplane {
             prog.load().map_err(verifier(names::PROG_FLOOR))?;
         }
         Ok(prog)
+    }
+
+    /// Write the report settings (events, their rate limit, top-denied counting);
+    /// takes effect with the next packet.
+    ///
+    /// # Errors
+    /// Map errors.
+    pub fn set_report_config(&mut self, rc: tagwall_common::reports::ReportConfig) -> Result<()> {
+        let map = self.map_mut(names::MAP_REPORT_CONFIG)?;
+        let mut arr: Array<&mut MapData, tagwall_common::reports::ReportConfig> =
+            Array::try_from(map).map_err(map_err(names::MAP_REPORT_CONFIG))?;
+        arr.set(0, rc, 0).map_err(map_err(names::MAP_REPORT_CONFIG))
+    }
+
+    /// Take the denied-flow event ring buffer (one reader: the first caller).
+    ///
+    /// # Errors
+    /// [`DataplaneError::MissingMap`] when it was taken already.
+    pub fn take_events(&mut self) -> Result<aya::maps::RingBuf<MapData>> {
+        let name = names::MAP_EVENTS;
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        aya::maps::RingBuf::try_from(map).map_err(map_err(name))
+    }
+
+    /// A map of the object, for readers that work on pinned and unpinned maps alike
+    /// (`crate::reports::maps`).
+    #[must_use]
+    pub fn map(&self, name: &str) -> Option<&Map> {
+        self.ebpf.map(name)
     }
 
     /// Take the aya-log ring buffer so the caller can drain it (e.g. in a task).
@@ -1056,6 +1097,14 @@ impl Counters {
     /// # Errors
     /// [`DataplaneError::NotPinned`] when nothing is pinned at `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> Result<Self> {
+        Self::from_pins_for(pin_dir, 0..MAX_RULES)
+    }
+
+    /// [`Counters::from_pins`], reading only the given rules' counters.
+    ///
+    /// # Errors
+    /// As [`Counters::from_pins`].
+    pub fn from_pins_for(pin_dir: &Path, rule_ids: impl IntoIterator<Item = u32>) -> Result<Self> {
         let open = |name: &'static str| -> Result<MapData> {
             MapData::from_pin(pin_dir.join(name)).map_err(|source| DataplaneError::NotPinned {
                 path: pin_dir.join(name).display().to_string(),
@@ -1074,7 +1123,7 @@ impl Counters {
             &arr(names::MAP_ACTION_STATS)?,
             &arr(names::MAP_CT_STATS)?,
             cfg,
-            0..MAX_RULES,
+            rule_ids,
         )
     }
 

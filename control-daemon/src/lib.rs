@@ -14,6 +14,7 @@ pub mod netif;
 pub mod nft;
 pub mod policy;
 pub mod reference;
+pub mod reports;
 pub mod rules;
 pub mod servicetags;
 pub mod state;

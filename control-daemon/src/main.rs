@@ -25,6 +25,9 @@ enum Cmd {
     Run(cli::run::Args),
     /// Print the counters of a running datapath.
     Counters(cli::counters::Args),
+    /// Report per requirement and rule: traffic, drops, top denied, coverage,
+    /// suggested rules; totals and changes since the previous report.
+    Report(cli::report::Args),
     /// Check the config again and make the running daemon switch to it atomically.
     Reload(cli::lifecycle::ReloadArgs),
     /// Stop the daemon and remove the datapath from the interface(s).
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
     let res = match args.cmd {
         Cmd::Run(a) => cli::run::run(&a),
         Cmd::Counters(a) => cli::counters::run(&a),
+        Cmd::Report(a) => cli::report::run(&a),
         Cmd::Reload(a) => cli::lifecycle::reload(&a),
         Cmd::Detach(a) => cli::lifecycle::detach(&a),
         Cmd::Dns(a) => cli::dns::run(&a),

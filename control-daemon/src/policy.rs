@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     catalog::{Catalog, Cloud, Enforcement, Placeholders, Requirement, Target},
@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// What kind of source a rule has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleKind {
     Management,
@@ -30,7 +30,7 @@ pub enum RuleKind {
 }
 
 /// One service tag a rule's prefixes came from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagUse {
     /// As the catalog or config wrote it (placeholders filled in).
     pub requested: String,
@@ -44,7 +44,7 @@ pub struct TagUse {
 }
 
 /// Where a rule came from: enough to answer "why is this allowed?".
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
     pub rule_id: u32,
     pub name: String,
@@ -72,7 +72,7 @@ pub struct FqdnRule {
 
 /// A catalog requirement of the selected cloud and edition that did not become a
 /// rule, and why. Nothing is dropped silently: `tagwall compile` lists these.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotApplied {
     pub requirement: String,
     pub why: String,

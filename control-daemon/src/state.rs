@@ -59,6 +59,14 @@ pub struct PolicyState {
     pub reloads: u64,
     #[serde(default)]
     pub last_reload: Option<ReloadStatus>,
+    /// Where each rule came from (catalog requirement, user rule, management), so
+    /// reports can group counters by requirement. Empty in state files of older
+    /// daemons.
+    #[serde(default)]
+    pub provenance: Vec<crate::policy::Provenance>,
+    /// Catalog requirements of the selection that did not become rules, and why.
+    #[serde(default)]
+    pub not_applied: Vec<crate::policy::NotApplied>,
 }
 
 /// The outcome of the last reload.

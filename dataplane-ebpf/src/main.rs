@@ -15,7 +15,10 @@ mod prog {
         bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
         helpers::bpf_ktime_get_ns,
         macros::{classifier, map, xdp},
-        maps::{Array, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, lpm_trie::Key},
+        maps::{
+            Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf,
+            lpm_trie::Key,
+        },
         programs::{TcContext, XdpContext},
     };
     use aya_log_ebpf::debug;
@@ -34,6 +37,11 @@ mod prog {
             CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_GATEWAY_OWN, Config,
             DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES, PROTO_ANY,
             PROTO_TCP, PROTO_UDP, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
+        },
+        reports::{
+            DEFAULT_TOP_DENIED_ENTRIES, DenyEvent, EV_EMITTED, EV_RATE_LIMITED, EV_RING_FULL,
+            EVENT_STATS_LEN, EVENTS_RING_BYTES, REPORT_F_EVENTS, REPORT_F_TOP, ReportConfig,
+            TokenBucket, TopKey, TopValue,
         },
         verdict::{
             REASON_ALLOWED, REASON_ESTABLISHED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED,
@@ -64,6 +72,19 @@ mod prog {
         LruHashMap::with_max_entries(DEFAULT_CT_MAX_ENTRIES, 0);
     #[map]
     static CT_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(CT_STATS_LEN, 0);
+    #[map]
+    static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+    #[map]
+    static EVENT_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(EVENT_STATS_LEN, 0);
+    #[map]
+    static EVENT_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+    #[map]
+    static REPORT_CONFIG: Array<ReportConfig> = Array::with_max_entries(1, 0);
+    #[map]
+    /// Per-CPU values (summed by userspace), so updates need no atomics, which the
+    /// BPF target of this toolchain does not offer for 64-bit read-modify-write.
+    static TOP_DENIED: LruPerCpuHashMap<TopKey, TopValue> =
+        LruPerCpuHashMap::with_max_entries(DEFAULT_TOP_DENIED_ENTRIES, 0);
 
     /// The outcome of classification: why, in which direction, credited to which rule.
     struct Verdict {
@@ -162,7 +183,12 @@ mod prog {
     pub fn tagwall_xdp_decide(ctx: XdpContext) -> u32 {
         let len = (ctx.data_end() - ctx.data()) as u64;
         let cfg = config();
-        xdp_act(finish(&decide(cfg), len, cfg.audit != 0))
+        let v = decide(cfg);
+        let pass = finish(&v, len, cfg.audit != 0);
+        if is_drop(v.reason) {
+            report_drop(v.reason, v.dir, len, pass);
+        }
+        xdp_act(pass)
     }
 
     #[inline(always)]
@@ -212,7 +238,13 @@ mod prog {
     #[classifier]
     pub fn tagwall_tc_decide(ctx: TcContext) -> i32 {
         let cfg = config();
-        tc_act(finish(&decide(cfg), u64::from(ctx.len()), cfg.audit != 0))
+        let len = u64::from(ctx.len());
+        let v = decide(cfg);
+        let pass = finish(&v, len, cfg.audit != 0);
+        if is_drop(v.reason) {
+            report_drop(v.reason, v.dir, len, pass);
+        }
+        tc_act(pass)
     }
 
     /// Headers the parser may need: Ethernet + 2 VLAN tags + IPv6 + 8 extension
@@ -771,6 +803,130 @@ mod prog {
         };
         bump(&ACTION_STATS, action, len);
         pass
+    }
+
+    /// Add a drop to this CPU's value of a `TOP_DENIED` entry.
+    #[inline(always)]
+    fn top_add(e: *mut TopValue, len: u64, now: u64, local: [u32; 4], reason: u8, action: u8) {
+        // SAFETY: this CPU's value of the entry; nothing else runs on this CPU.
+        let e = unsafe { &mut *e };
+        if e.packets == 0 {
+            // First drop of the entry on this CPU (the entry came from another CPU).
+            e.first_seen_ns = now;
+        }
+        e.packets += 1;
+        e.bytes += len;
+        e.last_seen_ns = now;
+        e.local = local;
+        e.reason = reason;
+        e.action = action;
+    }
+
+    #[inline(always)]
+    fn ev_bump(index: u32, bytes: u64) {
+        bump(&EVENT_STATS, index, bytes);
+    }
+
+    /// Stage 2, a dropped (or audit-passed would-drop) packet: count it in
+    /// `TOP_DENIED` and emit a rate-limited event (see `tagwall_common::reports`).
+    /// Scalars only, so the call adds one small subprogram to stage 2.
+    #[inline(never)]
+    fn report_drop(reason: u8, dir: u8, len: u64, passed: bool) {
+        let Some(rc) = REPORT_CONFIG.get(0) else {
+            return;
+        };
+        if rc.flags == 0 {
+            return;
+        }
+        let Some(f) = FACTS.get(0) else {
+            return;
+        };
+        let action = if passed {
+            ACTION_AUDIT_PASS
+        } else {
+            ACTION_DROP
+        } as u8;
+        let dport = if f.has_dport != 0 { f.dport } else { 0 };
+        let now = unsafe { bpf_ktime_get_ns() };
+        if rc.flags & REPORT_F_TOP != 0 {
+            let (remote, local) = if dir == DIR_INGRESS {
+                (f.src, f.dst)
+            } else {
+                (f.dst, f.src)
+            };
+            let key = TopKey {
+                addr: remote,
+                port: dport,
+                proto: f.proto,
+                dir,
+                v6: f.v6,
+                _pad: [0; 3],
+            };
+            let mut counted = false;
+            if let Some(e) = TOP_DENIED.get_ptr_mut(&key) {
+                counted = true;
+                top_add(e, len, now, local, reason, action);
+            }
+            if !counted {
+                let value = TopValue {
+                    packets: 1,
+                    bytes: len,
+                    first_seen_ns: now,
+                    last_seen_ns: now,
+                    local,
+                    reason,
+                    action,
+                    _pad: [0; 6],
+                };
+                // BPF_NOEXIST: another CPU may have inserted the key meanwhile (its
+                // insert zeroed this CPU's value); then add to this CPU's value.
+                if TOP_DENIED.insert(&key, &value, 1).is_err() {
+                    if let Some(e) = TOP_DENIED.get_ptr_mut(&key) {
+                        top_add(e, len, now, local, reason, action);
+                    }
+                }
+            }
+        }
+        if rc.flags & REPORT_F_EVENTS == 0 {
+            return;
+        }
+        let Some(b) = EVENT_BUCKET.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: this CPU's bucket; nothing else runs on this CPU meanwhile.
+        let b = unsafe { &mut *b };
+        let mut credit = b.credit_ns.saturating_add(now.wrapping_sub(b.last_ns));
+        if credit > rc.burst_ns {
+            credit = rc.burst_ns;
+        }
+        b.last_ns = now;
+        if credit < rc.cost_ns {
+            b.credit_ns = credit;
+            ev_bump(EV_RATE_LIMITED, len);
+            return;
+        }
+        b.credit_ns = credit - rc.cost_ns;
+        match EVENTS.reserve::<DenyEvent>(0) {
+            Some(mut e) => {
+                e.write(DenyEvent {
+                    time_ns: now,
+                    src: f.src,
+                    dst: f.dst,
+                    len: len as u32,
+                    sport: if f.has_dport != 0 { f.sport } else { 0 },
+                    dport,
+                    proto: f.proto,
+                    dir,
+                    reason,
+                    action,
+                    v6: f.v6,
+                    _pad: [0; 3],
+                });
+                e.submit(0);
+                ev_bump(EV_EMITTED, len);
+            }
+            None => ev_bump(EV_RING_FULL, len),
+        }
     }
 
     /// Dual licensed so the kernel lets the program use GPL-only helpers.

@@ -354,6 +354,84 @@ pub fn tagwall_bin() -> PathBuf {
     .clone()
 }
 
+/// The lab's own Service Tags file (same schema as Microsoft's): the tags the demo's
+/// catalog selection (workspace, compute; westus2) uses, AzureMachineLearning on
+/// inet-a's network, the rest on documentation ranges.
+#[must_use]
+pub fn lab_service_tags() -> String {
+    let tags = [
+        ("AzureMachineLearning", "", "10.77.2.0/24", "fd77:2::/64"),
+        (
+            "AzureActiveDirectory",
+            "",
+            "192.0.2.0/28",
+            "2001:db8:1::/48",
+        ),
+        (
+            "AzureResourceManager",
+            "",
+            "192.0.2.16/28",
+            "2001:db8:2::/48",
+        ),
+        (
+            "Storage.WestUS2",
+            "westus2",
+            "192.0.2.32/28",
+            "2001:db8:3::/48",
+        ),
+        (
+            "AzureFrontDoor.Frontend",
+            "",
+            "192.0.2.48/28",
+            "2001:db8:4::/48",
+        ),
+        (
+            "AzureKeyVault.WestUS2",
+            "westus2",
+            "192.0.2.64/28",
+            "2001:db8:5::/48",
+        ),
+        (
+            "AzureContainerRegistry.WestUS2",
+            "westus2",
+            "192.0.2.80/28",
+            "2001:db8:6::/48",
+        ),
+        (
+            "MicrosoftContainerRegistry",
+            "",
+            "192.0.2.96/28",
+            "2001:db8:7::/48",
+        ),
+        (
+            "MicrosoftContainerRegistry.WestUS2",
+            "westus2",
+            "192.0.2.112/28",
+            "2001:db8:8::/48",
+        ),
+        (
+            "BatchNodeManagement",
+            "",
+            "192.0.2.128/28",
+            "2001:db8:9::/48",
+        ),
+        (
+            "BatchNodeManagement.WestUS2",
+            "westus2",
+            "192.0.2.144/28",
+            "2001:db8:a::/48",
+        ),
+        ("AzureMonitor", "", "192.0.2.160/28", "2001:db8:b::/48"),
+        (
+            "AzureFrontDoor.FirstParty",
+            "",
+            "192.0.2.176/28",
+            "2001:db8:c::/48",
+        ),
+    ];
+    tagwall::servicetags::lab_file_json("Public", 1, &tags)
+}
+
 /// A server thread stopped and joined on drop.
 pub struct Server {
     pub addr: SocketAddr,

@@ -26,7 +26,7 @@ pub struct DetachArgs {
     pub loc: Location,
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };
@@ -144,6 +144,9 @@ pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
     let links = remove_pins(&paths.pin_dir)
         .with_context(|| format!("removing {}", paths.pin_dir.display()))?;
     let _ = std::fs::remove_file(&paths.state_file);
+    // The reports' files describe maps that are gone now.
+    let _ = std::fs::remove_file(crate::reports::events::state_path(&paths));
+    let _ = std::fs::remove_file(crate::reports::report::snapshot_path(&paths));
     if let Some(dir) = paths.state_file.parent() {
         let _ = std::fs::remove_dir(dir);
     }

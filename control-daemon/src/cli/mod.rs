@@ -9,6 +9,7 @@ pub mod counters;
 pub mod dns;
 pub mod lifecycle;
 pub mod policy;
+pub mod report;
 pub mod run;
 pub mod tags;
 

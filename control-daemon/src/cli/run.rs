@@ -25,6 +25,7 @@ use crate::{
     enforcer::Enforcer,
     netif,
     policy::{Effective, FqdnRule},
+    reports::Observability,
     state::{PolicyState, ReloadStatus, ensure_bpffs},
 };
 
@@ -148,6 +149,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         pin_dir: Some(paths.pin_dir.clone()),
         log_level: args.datapath_log,
         ct_max_entries: prepared.config.conntrack.max_entries,
+        top_denied_entries: prepared.config.reports.top_denied_entries,
         ..opts0
     };
     ensure_bpffs(&args.loc.bpffs).map_err(anyhow::Error::msg)?;
@@ -160,6 +162,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         prepared.settings.clone(),
     )?;
     let enforcer = Arc::new(enforcer);
+    // Report settings go in before attaching, so the first drop is reported too.
+    let obs = Observability::start(&prepared.config.reports, &enforcer, &paths, iface)?;
     tracing::info!(
         rules = prepared.effective.rules.len(),
         prefixes = stats.prefixes,
@@ -202,10 +206,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         rules: prepared.effective.rules,
         reloads: 0,
         last_reload: None,
+        provenance: prepared.effective.provenance,
+        not_applied: prepared.effective.not_applied,
     };
     state
         .save(&paths.state_file)
         .with_context(|| format!("writing {}", paths.state_file.display()))?;
+    obs.publish(&state);
 
     let logger = enforcer.take_logger();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -233,6 +240,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
         let dns_state = state_path(&paths);
         let mut dns = start_dns(&dns_cfg, &fqdns, &enforcer, &dns_state).await?;
+        obs.set_dns(dns.as_ref().map(DnsService::handle));
+        obs.serve_metrics().await?;
         let mut fqdns = fqdns;
         let result = loop {
             let dns_failed = async {
@@ -246,28 +255,34 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 _ = term.recv() => break Ok(()),
                 e = dns_failed => break Err(anyhow::anyhow!("DNS service failed: {e}")),
                 _ = hup.recv() => {
-                    if let Some(new) = reload(args, &addrs, &enforcer, &fqdns, &mut state, &paths.state_file) {
+                    if let Some(new) = reload(args, &addrs, &enforcer, &fqdns, &mut state, &paths.state_file, &obs) {
                         // Host-name rules changed: DNS starts afresh with the new ones.
+                        obs.set_dns(None);
                         if let Some(d) = dns.take() {
                             d.shutdown().await;
                         }
                         dns = start_dns(&new.1, &new.0, &enforcer, &dns_state).await?;
+                        obs.set_dns(dns.as_ref().map(DnsService::handle));
                         fqdns = new.0;
                     }
                 }
             }
         };
+        obs.set_dns(None);
         if let Some(d) = dns.take() {
             d.shutdown().await;
         }
         result
     })?;
+    obs.stop();
     drop(enforcer);
     if args.detach_on_exit {
         tracing::info!("signal received: detaching and removing pinned state");
         remove_pins(&paths.pin_dir)
             .with_context(|| format!("removing {}", paths.pin_dir.display()))?;
         let _ = std::fs::remove_file(&paths.state_file);
+        let _ = std::fs::remove_file(crate::reports::events::state_path(&paths));
+        let _ = std::fs::remove_file(crate::reports::report::snapshot_path(&paths));
     } else {
         tracing::info!(
             "signal received: exiting; the datapath stays attached and enforcing \
@@ -319,6 +334,7 @@ fn reload(
     fqdns: &[FqdnRule],
     state: &mut PolicyState,
     state_file: &std::path::Path,
+    obs: &Observability,
 ) -> Option<(Vec<FqdnRule>, crate::dns::DnsConfig)> {
     let t0 = Instant::now();
     let res = prepare(
@@ -353,9 +369,12 @@ fn reload(
                 );
                 restart = Some((p.effective.fqdns.clone(), p.config.dns.clone()));
             }
+            obs.reload(Some(&p.config.reports));
             state.generation = stats.generation;
             state.audit = p.settings.audit;
             state.rules = p.effective.rules;
+            state.provenance = p.effective.provenance;
+            state.not_applied = p.effective.not_applied;
             state.last_reload = Some(ReloadStatus {
                 at_unix: at,
                 ok: true,
@@ -364,6 +383,7 @@ fn reload(
             });
         }
         Err(e) => {
+            obs.reload(None);
             tracing::error!(
                 "reload rejected, generation {} stays in force: {e:#}",
                 state.generation
@@ -379,5 +399,6 @@ fn reload(
     if let Err(e) = state.save(state_file) {
         tracing::error!("writing {}: {e}", state_file.display());
     }
+    obs.publish(state);
     restart
 }

@@ -1,0 +1,153 @@
+//! Observability maps: denied-flow events, their in-kernel rate limit, and the top
+//! denied destinations.
+//!
+//! # Events
+//! Stage 2 (the programs that know a packet's addresses and ports) emits one
+//! [`DenyEvent`] into the `EVENTS` ring buffer for every IP packet it drops, or
+//! passes in audit mode although the policy would drop it. A per-CPU token bucket
+//! ([`TokenBucket`], configured by [`ReportConfig`]) limits the rate, so a flood
+//! cannot fill the ring faster than the daemon drains it. Every drop the events
+//! cover ends in exactly one `EVENT_STATS` slot: [`EV_EMITTED`], [`EV_RATE_LIMITED`]
+//! or [`EV_RING_FULL`]. Drops decided in stage 1 (`malformed`, `ext_hdr_limit`:
+//! headers that could not be parsed, so there is no 5-tuple) have no event; they are
+//! counted by reason only.
+//!
+//! # Top denied
+//! `TOP_DENIED` (LRU hash) counts drops per ([`TopKey`]) remote address, destination
+//! port, protocol and direction. The remote address is the one the policy looked up:
+//! the destination of an outbound packet, the source of an inbound one, so an entry
+//! says what a rule would have to name to allow it.
+
+/// `ReportConfig::flags`: emit events into `EVENTS`.
+pub const REPORT_F_EVENTS: u32 = 1;
+/// `ReportConfig::flags`: count drops in `TOP_DENIED`.
+pub const REPORT_F_TOP: u32 = 2;
+
+/// Size of the `EVENTS` ring buffer in bytes (a power-of-two number of pages). An
+/// event takes 64 bytes in the ring (56 + the 8-byte record header): 4096 events.
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+
+/// Default capacity of `TOP_DENIED` (set at first load).
+pub const DEFAULT_TOP_DENIED_ENTRIES: u32 = 4096;
+
+/// Indices of `EVENT_STATS` (per-CPU [`crate::counters::Counter`]s; `packets` counts
+/// events, `bytes` the bytes of their packets).
+/// An event was written into the ring.
+pub const EV_EMITTED: u32 = 0;
+/// The token bucket was empty: no event (the drop itself is counted as usual).
+pub const EV_RATE_LIMITED: u32 = 1;
+/// The ring was full (the daemon is not reading, or is behind): no event.
+pub const EV_RING_FULL: u32 = 2;
+pub const EVENT_STATS_LEN: u32 = 4;
+
+/// Value of `REPORT_CONFIG[0]`, written by the daemon. All zero (never written):
+/// no events, no top-denied counting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportConfig {
+    /// `REPORT_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Nanoseconds of refill one event costs (one CPU's share of the rate).
+    pub cost_ns: u64,
+    /// Capacity of a CPU's bucket, in nanoseconds of refill (its burst).
+    pub burst_ns: u64,
+}
+
+impl ReportConfig {
+    /// A config for `rate` events per second and bursts of `burst` events, both for
+    /// all `cpus` together: each CPU's bucket gets an equal share (at least one
+    /// event of burst).
+    #[must_use]
+    pub fn new(flags: u32, rate: u32, burst: u32, cpus: u32) -> Self {
+        let rate = if rate == 0 { 1 } else { rate } as u64;
+        let cpus = if cpus == 0 { 1 } else { cpus } as u64;
+        let cost_ns = 1_000_000_000u64.saturating_mul(cpus) / rate;
+        let burst_ns = (burst as u64).saturating_mul(1_000_000_000) / rate;
+        Self {
+            flags,
+            _pad: 0,
+            cost_ns,
+            burst_ns: if burst_ns < cost_ns {
+                cost_ns
+            } else {
+                burst_ns
+            },
+        }
+    }
+}
+
+/// Value of the per-CPU `EVENT_BUCKET[0]`: refill credit in nanoseconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub credit_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last refill.
+    pub last_ns: u64,
+}
+
+/// One denied (or audit would-deny) packet, as written into `EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// Addresses as in [`crate::ct::CtKey`]: network order, IPv4 as IPv4-mapped.
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Bytes of the packet (frame length as the hook saw it).
+    pub len: u32,
+    /// TCP/UDP ports; 0 for other protocols and non-first fragments.
+    pub sport: u16,
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// `DIR_EGRESS` / `DIR_INGRESS`.
+    pub dir: u8,
+    /// `REASON_*` (a drop reason).
+    pub reason: u8,
+    /// `ACTION_DROP` or `ACTION_AUDIT_PASS`.
+    pub action: u8,
+    /// 1: an IPv6 packet (the addresses are not IPv4-mapped).
+    pub v6: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of `TOP_DENIED`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopKey {
+    /// The remote address (destination outbound, source inbound), as in `CtKey`.
+    pub addr: [u32; 4],
+    /// Destination port (TCP/UDP), else 0.
+    pub port: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub v6: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `TOP_DENIED`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TopValue {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// The local end of the last drop (source outbound, destination inbound).
+    pub local: [u32; 4],
+    /// Reason and action of the last drop.
+    pub reason: u8,
+    pub action: u8,
+    pub _pad: [u8; 6],
+}
+
+// The layouts are ABI (pinned maps, ring records): fail the build if they move.
+const _: () = {
+    assert!(core::mem::size_of::<DenyEvent>() == 56);
+    assert!(core::mem::size_of::<TopKey>() == 24);
+    assert!(core::mem::size_of::<TopValue>() == 56);
+    assert!(core::mem::size_of::<ReportConfig>() == 24);
+    assert!(core::mem::size_of::<TokenBucket>() == 16);
+};
