@@ -5,3 +5,4 @@ pub mod harness;
 pub mod lab;
 pub mod netns;
 pub mod pkt;
+pub mod throughput;

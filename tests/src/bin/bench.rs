@@ -31,6 +31,8 @@ struct Opts {
     runs: usize,
     output: Option<PathBuf>,
     max_synthetic: usize,
+    /// `xdp` (per-packet and control plane, the default), `throughput`, or `all`.
+    section: String,
 }
 
 /// A policy to measure and the packets to send through it.
@@ -352,6 +354,7 @@ fn parse_args() -> Result<Opts, String> {
         runs: 5,
         output: None,
         max_synthetic: 1_000_000,
+        section: "xdp".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -369,12 +372,16 @@ fn parse_args() -> Result<Opts, String> {
                     .parse()
                     .map_err(|e| format!("--max-synthetic: {e}"))?;
             }
+            "--section" => o.section = val("--section")?,
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (--repeat N --runs N --output FILE --max-synthetic N)"
+                    "unknown argument {other:?} (--repeat N --runs N --output FILE --max-synthetic N --section xdp|throughput|all)"
                 ));
             }
         }
+    }
+    if !["xdp", "throughput", "all"].contains(&o.section.as_str()) {
+        return Err(format!("--section {:?}: xdp, throughput or all", o.section));
     }
     if o.runs == 0 || o.repeat == 0 {
         return Err("--runs and --repeat must be positive".into());
@@ -391,6 +398,13 @@ fn main() -> ExitCode {
         }
     };
     tagwall_tests::netns::require_root();
+    let cmd = std::env::var("TAGWALL_BENCH_CMD").unwrap_or_else(|_| "cargo xtask bench".into());
+    if o.section == "throughput" {
+        return match throughput(&o, &cmd) {
+            Some(t) => emit(&o, &format!("# tagwall benchmarks\n\n{t}")),
+            None => ExitCode::FAILURE,
+        };
+    }
     let mut cases = Vec::new();
     for n in [1_000usize, 100_000, 1_000_000] {
         if n > o.max_synthetic {
@@ -420,11 +434,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let cmd = std::env::var("TAGWALL_BENCH_CMD").unwrap_or_else(|_| "cargo xtask bench".into());
-    let md = report(&rows, &control, &o, &cmd);
+    let mut md = report(&rows, &control, &o, &cmd);
+    if o.section == "all" {
+        match throughput(&o, &cmd) {
+            Some(t) => md = format!("{md}\n{t}"),
+            None => return ExitCode::FAILURE,
+        }
+    }
+    emit(&o, &md)
+}
+
+/// The throughput section (`tagwall_tests::throughput`); `--runs` rounds of
+/// `TAGWALL_TPUT_SECS` (default 2) seconds per figure.
+fn throughput(o: &Opts, cmd: &str) -> Option<String> {
+    let secs = std::env::var("TAGWALL_TPUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    let opts = tagwall_tests::throughput::Options { runs: o.runs, secs };
+    tagwall_tests::throughput::run(&opts, cmd, &machine())
+        .inspect_err(|e| eprintln!("bench: throughput: {e:#}"))
+        .ok()
+}
+
+fn emit(o: &Opts, md: &str) -> ExitCode {
     match &o.output {
         Some(p) => {
-            if let Err(e) = std::fs::write(p, &md) {
+            if let Err(e) = std::fs::write(p, md) {
                 eprintln!("bench: writing {}: {e}", p.display());
                 return ExitCode::FAILURE;
             }
