@@ -338,9 +338,9 @@ fn report(rows: &[Row], control: &[Control], o: &Opts, cmd: &str) -> String {
     let _ = writeln!(
         s,
         "\n## Not measured yet\n\n\
-         - TC programs (host mode does not exist yet), veth throughput against nftables \
-         (`tagwall export --nft`), iptables + ipset and xdp-filter, reload latency, daemon RSS, \
-         DNS proxy latency and queries/s.\n\
+         - TC programs (host mode does not exist yet), reload latency, DNS proxy latency and \
+         queries/s. (Veth throughput against nftables, iptables + ipset and xdp-filter, map \
+         memory and daemon RSS: `--section throughput`.)\n\
          - Where a target is missed: not profiled yet. Candidates named by the issue: a hash \
          of /32s in front of the LPM, fewer map lookups per packet (CONFIG, LPM, PORT_SETS \
          and three per-CPU counters today), smaller keys."
