@@ -29,6 +29,7 @@ use anyhow::{Context as _, bail, ensure};
 const BPF_MAP_CREATE: i64 = 0;
 const BPF_MAP_UPDATE_ELEM: i64 = 2;
 const BPF_PROG_LOAD: i64 = 5;
+const BPF_OBJ_GET: i64 = 7;
 const BPF_PROG_TEST_RUN: i64 = 10;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -57,6 +58,32 @@ fn sys_bpf(cmd: i64, attr: &mut [u64]) -> std::io::Result<i64> {
 fn owned(fd: i64) -> OwnedFd {
     // SAFETY: a new file descriptor the kernel just returned to us.
     unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).expect("fd fits i32")) }
+}
+
+/// Open a map pinned at `path` (BPF_OBJ_GET).
+///
+/// # Errors
+/// No such pin, or not a BPF object.
+pub fn pinned_map(path: &std::path::Path) -> anyhow::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u64; 4];
+    attr[0] = c.as_ptr() as u64; // pathname
+    let fd = sys_bpf(BPF_OBJ_GET, &mut attr)
+        .with_context(|| format!("BPF_OBJ_GET {}", path.display()))?;
+    Ok(owned(fd))
+}
+
+/// `bpf_map_update_elem(map, key, value, BPF_ANY)`.
+///
+/// # Errors
+/// What the kernel says (wrong sizes, map full).
+pub fn map_update(map: &OwnedFd, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+    let mut attr = [0u64; 4];
+    attr[0] = map.as_raw_fd() as u64;
+    attr[1] = key.as_ptr() as u64;
+    attr[2] = value.as_ptr() as u64;
+    sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("BPF_MAP_UPDATE_ELEM")?;
+    Ok(())
 }
 
 /// One eBPF instruction.
