@@ -62,7 +62,7 @@ fn close_until(
 
 /// Disjoint ranges from nested-or-disjoint prefixes (`(lo, hi, prefix_len, set)`):
 /// every address gets the set of its longest covering prefix.
-fn segments(mut prefixes: Vec<(u128, u128, u8, u32)>) -> Vec<Segment> {
+pub fn segments(mut prefixes: Vec<(u128, u128, u8, u32)>) -> Vec<Segment> {
     prefixes.sort_by_key(|&(lo, _, len, _)| (lo, len));
     let mut out: Vec<Segment> = Vec::new();
     let mut stack: Vec<Segment> = Vec::new();

@@ -332,8 +332,15 @@ pub fn tagwall_bin() -> PathBuf {
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        // The same profile as the caller (the benchmarks measure a release daemon).
+        let profile: &[&str] = if cfg!(debug_assertions) {
+            &[]
+        } else {
+            &["--release"]
+        };
         let out = Command::new(cargo)
             .args(["build", "--quiet", "-p", "tagwall", "--bin", "tagwall"])
+            .args(profile)
             .arg("--manifest-path")
             .arg(&manifest)
             .args(["--message-format", "json"])

@@ -7,3 +7,4 @@ pub mod harness;
 pub mod lab;
 pub mod netns;
 pub mod pkt;
+pub mod throughput;

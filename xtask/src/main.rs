@@ -132,6 +132,9 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { output, args } => {
             require_root("bench")?;
             let mut line = String::from("cargo xtask bench");
+            if output != Path::new("BENCHMARKS.md") {
+                line = format!("{line} --output {}", output.display());
+            }
             if !args.is_empty() {
                 line = format!("{line} -- {}", args.join(" "));
             }

@@ -33,6 +33,8 @@ struct Opts {
     runs: usize,
     output: Option<PathBuf>,
     max_synthetic: usize,
+    /// `xdp` (per-packet and control plane, the default), `throughput`, or `all`.
+    section: String,
 }
 
 /// A policy to measure and the packets to send through it.
@@ -416,8 +418,8 @@ fn report(rows: &[Row], control: &[Control], o: &Opts, cmd: &str) -> String {
         s,
         "\n## Not measured here\n\n\
          - Throughput through veth pairs against nftables, iptables + ipset and xdp-filter, \
-         daemon RSS and map memory: see the throughput section when present.\n\
-         - DNS proxy latency and queries/s.\n\
+         daemon RSS and map memory: `--section throughput` (or `all`).\n\
+         - DNS proxy latency and queries/s: `--section dns` (or `all`).\n\
          - Where a per-packet target is missed: the datapath has not been profiled yet. Since \
          connection tracking came in, parse and decide are two programs joined by a tail \
          call (the verifier's complexity limit), and a packet costs CONFIG, FACTS, the flow \
@@ -434,6 +436,7 @@ fn parse_args() -> Result<Opts, String> {
         runs: 5,
         output: None,
         max_synthetic: 1_000_000,
+        section: "xdp".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -451,12 +454,19 @@ fn parse_args() -> Result<Opts, String> {
                     .parse()
                     .map_err(|e| format!("--max-synthetic: {e}"))?;
             }
+            "--section" => o.section = val("--section")?,
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (--repeat N --runs N --output FILE --max-synthetic N)"
+                    "unknown argument {other:?} (--repeat N --runs N --output FILE --max-synthetic N --section xdp|throughput|dns|all)"
                 ));
             }
         }
+    }
+    if !["xdp", "throughput", "dns", "all"].contains(&o.section.as_str()) {
+        return Err(format!(
+            "--section {:?}: xdp, throughput, dns or all",
+            o.section
+        ));
     }
     if o.runs == 0 || o.repeat == 0 {
         return Err("--runs and --repeat must be positive".into());
@@ -473,6 +483,19 @@ fn main() -> ExitCode {
         }
     };
     tagwall_tests::netns::require_root();
+    let cmd = std::env::var("TAGWALL_BENCH_CMD").unwrap_or_else(|_| "cargo xtask bench".into());
+    if o.section == "throughput" {
+        return match throughput(&o, &cmd) {
+            Some(t) => emit(&o, &format!("# tagwall benchmarks\n\n{t}")),
+            None => ExitCode::FAILURE,
+        };
+    }
+    if o.section == "dns" {
+        return emit(
+            &o,
+            &format!("# tagwall benchmarks\n\n{}", dns_section(&cmd)),
+        );
+    }
     let mut cases = Vec::new();
     for n in [1_000usize, 100_000, 1_000_000] {
         if n > o.max_synthetic {
@@ -502,11 +525,45 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let cmd = std::env::var("TAGWALL_BENCH_CMD").unwrap_or_else(|_| "cargo xtask bench".into());
-    let md = report(&rows, &control, &o, &cmd);
+    let mut md = report(&rows, &control, &o, &cmd);
+    if o.section == "all" {
+        match throughput(&o, &cmd) {
+            Some(t) => md = format!("{md}\n{t}"),
+            None => return ExitCode::FAILURE,
+        }
+        md = format!("{md}\n{}", dns_section(&cmd));
+    }
+    emit(&o, &md)
+}
+
+/// The DNS proxy section (`tagwall_tests::dnsbench`): added latency per query against
+/// dnsmasq queried directly, and queries/s, in one run.
+fn dns_section(cmd: &str) -> String {
+    let report = tagwall_tests::dnsbench::run(&tagwall_tests::dnsbench::DnsBenchOpts::default());
+    format!(
+        "## DNS proxy\n\nCommand: `{cmd}`  \nMachine: {}  \n\n{}",
+        machine(),
+        report.markdown()
+    )
+}
+
+/// The throughput section (`tagwall_tests::throughput`); `--runs` rounds of
+/// `TAGWALL_TPUT_SECS` (default 2) seconds per figure.
+fn throughput(o: &Opts, cmd: &str) -> Option<String> {
+    let secs = std::env::var("TAGWALL_TPUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    let opts = tagwall_tests::throughput::Options { runs: o.runs, secs };
+    tagwall_tests::throughput::run(&opts, cmd, &machine())
+        .inspect_err(|e| eprintln!("bench: throughput: {e:#}"))
+        .ok()
+}
+
+fn emit(o: &Opts, md: &str) -> ExitCode {
     match &o.output {
         Some(p) => {
-            if let Err(e) = std::fs::write(p, &md) {
+            if let Err(e) = std::fs::write(p, md) {
                 eprintln!("bench: writing {}: {e}", p.display());
                 return ExitCode::FAILURE;
             }
