@@ -10,8 +10,8 @@
 //! Every filter gets fresh namespaces (so no filter leaves hooks or tables behind for
 //! the next), its own private bpffs, and everything goes when the guards drop. The
 //! generator ([`livegen`]) injects XDP frames into the veth from one pinned thread per
-//! CPU; the gateway processes them in the same softirq context, so a figure is the
-//! rate at which generator + gateway keep up, and ratios compare the gateway work.
+//! CPU; the gateway processes them in the same softirq context, so a figure is packets
+//! per CPU-second of generator + gateway work, and ratios compare the gateway work.
 //! Rounds interleave the filters; figures are medians over rounds, ratios medians of
 //! per-round ratios against the no-filter (and nftables) measurement of that round.
 //! Nothing here asserts a time.
@@ -22,6 +22,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::Command,
     sync::Arc,
@@ -432,6 +433,36 @@ impl Topo {
     }
 }
 
+/// xdp-filter's address maps: through its pins, or, when the pins are missing (seen
+/// here now and then right after a successful `xdp-filter load`), the newest maps of
+/// those names in the kernel.
+fn xdp_filter_maps(bpffs: &Path) -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let pins = bpffs.join("xdp-filter");
+    if let (Ok(a), Ok(b)) = (
+        livegen::pinned_map(&pins.join("filter_ipv4")),
+        livegen::pinned_map(&pins.join("filter_ipv6")),
+    ) {
+        return Ok((a, b));
+    }
+    eprintln!(
+        "tput: xdp-filter loaded but {} is missing: using its maps by id",
+        pins.display()
+    );
+    let all = json(Command::new("bpftool").args(["-j", "map", "show"]))?;
+    let newest = |name: &str| -> anyhow::Result<OwnedFd> {
+        let id = all
+            .as_array()
+            .context("bpftool map show: not an array")?
+            .iter()
+            .filter(|m| m["name"] == name)
+            .filter_map(|m| m["id"].as_u64())
+            .max()
+            .with_context(|| format!("no map {name}"))?;
+        livegen::map_by_id(u32::try_from(id)?)
+    };
+    Ok((newest("filter_ipv4")?, newest("filter_ipv6")?))
+}
+
 /// Number of possible CPUs (per-CPU map values have one slot each).
 fn possible_cpus() -> anyhow::Result<usize> {
     let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
@@ -545,27 +576,7 @@ fn setup(f: Filter, p: &Policy, cpus: usize) -> anyhow::Result<Topo> {
             // network order; value: MAP_FLAG_DST on every CPU), written through the
             // pinned maps opened once: 2048 `xdp-filter ip` runs took seconds, and on
             // this machine the pins sometimes vanished from the private bpffs halfway.
-            let pins = bpffs.join("xdp-filter");
-            if !pins.exists() {
-                let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-                    .unwrap_or_default()
-                    .lines()
-                    .any(|l| l.contains(bpffs.to_str().unwrap_or("?")));
-                let top: Vec<String> = std::fs::read_dir(&bpffs)
-                    .map(|d| {
-                        d.flatten()
-                            .map(|e| e.file_name().to_string_lossy().into_owned())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                bail!(
-                    "xdp-filter loaded, but {} does not exist (bpffs still mounted: {mounted}; \
-                     it holds {top:?})",
-                    pins.display()
-                );
-            }
-            let v4 = livegen::pinned_map(&bpffs.join("xdp-filter/filter_ipv4"))?;
-            let v6 = livegen::pinned_map(&bpffs.join("xdp-filter/filter_ipv6"))?;
+            let (v4, v6) = xdp_filter_maps(&bpffs)?;
             const MAP_FLAG_DST: u64 = 1 << 1;
             let value: Vec<u8> = (0..possible_cpus()?)
                 .flat_map(|_| MAP_FLAG_DST.to_ne_bytes())
@@ -924,6 +935,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 type Key = (usize, Filter, Traffic);
 
+/// Everything measured: samples by (policy, filter, traffic) with their round, tagwall's
+/// memory by policy, and failed setups by (policy, filter).
+#[derive(Default)]
+struct Results {
+    samples: BTreeMap<Key, Vec<(usize, Sample)>>,
+    mem: BTreeMap<usize, Memory>,
+    failed: BTreeMap<(usize, Filter), usize>,
+}
+
 /// Run the rounds and return the Markdown section.
 ///
 /// # Errors
@@ -939,9 +959,7 @@ pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
     for p in &pols {
         gens.push((generators(&p.allow)?, generators(&p.deny)?));
     }
-    let mut samples: BTreeMap<Key, Vec<(usize, Sample)>> = BTreeMap::new();
-    let mut mem: BTreeMap<usize, Memory> = BTreeMap::new();
-    let mut failed: BTreeMap<(usize, Filter), usize> = BTreeMap::new();
+    let mut res = Results::default();
     for round in 0..o.runs {
         for (pi, p) in pols.iter().enumerate() {
             let n = Filter::ALL.len();
@@ -966,7 +984,7 @@ pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
                             p.name,
                             f.label()
                         );
-                        *failed.entry((pi, f)).or_default() += 1;
+                        *res.failed.entry((pi, f)).or_default() += 1;
                         continue;
                     }
                 };
@@ -976,8 +994,8 @@ pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
                     f.label(),
                     t0.elapsed().as_secs_f64()
                 );
-                if f == Filter::TagwallNative && !mem.contains_key(&pi) {
-                    mem.insert(pi, memory(&t)?);
+                if f == Filter::TagwallNative && !res.mem.contains_key(&pi) {
+                    res.mem.insert(pi, memory(&t)?);
                 }
                 for (tr, g) in [(Traffic::Allow, &gens[pi].0), (Traffic::Deny, &gens[pi].1)] {
                     let s = measure(&t, g, o, cpus)
@@ -1008,15 +1026,13 @@ pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
                         f.label(),
                         s.forwarded * 100.0
                     );
-                    samples.entry((pi, f, tr)).or_default().push((round, s));
+                    res.samples.entry((pi, f, tr)).or_default().push((round, s));
                 }
                 drop(t);
             }
         }
     }
-    Ok(report(
-        &pols, &samples, &mem, &failed, o, cmd, machine, cpus,
-    ))
+    Ok(report(&pols, &res, o, cmd, machine, cpus))
 }
 
 fn ratio_median(samples: &BTreeMap<Key, Vec<(usize, Sample)>>, a: Key, b: Key) -> f64 {
@@ -1034,14 +1050,13 @@ fn ratio_median(samples: &BTreeMap<Key, Vec<(usize, Sample)>>, a: Key, b: Key) -
 
 fn report(
     pols: &[Policy],
-    samples: &BTreeMap<Key, Vec<(usize, Sample)>>,
-    mem: &BTreeMap<usize, Memory>,
-    failed: &BTreeMap<(usize, Filter), usize>,
+    res: &Results,
     o: &Options,
     cmd: &str,
     machine: &str,
     cpus: usize,
 ) -> String {
+    let (samples, mem, failed) = (&res.samples, &res.mem, &res.failed);
     let mut s = String::new();
     let _ = writeln!(s, "## Throughput through a veth gateway\n");
     let _ = writeln!(s, "Command: `{cmd}`  ");
@@ -1196,8 +1211,8 @@ fn report(
          the compiled policy holding the disjoint ranges (as CIDRs) whose port set has it; \
          protocol and port are matched before the set. Same decisions as the nft export.\n\
          - xdp-filter: `xdp-filter load --mode native --policy deny --features ipv4,ipv6` \
-         plus `xdp-filter ip --mode dst` for each of the {} allowed benchmark destinations. \
-         It cannot express prefixes (exact addresses only), nor address AND port (its rules \
+         plus, for each of the {} allowed benchmark destinations, the entry `xdp-filter ip \
+         --mode dst` makes, written into its maps directly. It cannot express prefixes (exact addresses only), nor address AND port (its rules \
          are OR-ed), nor per-rule protocols: it is a lower bound (one hash lookup per family), \
          not the policy.",
         2 * DESTS
