@@ -541,9 +541,9 @@ fn main() -> ExitCode {
 fn dns_section(cmd: &str) -> String {
     let report = tagwall_tests::dnsbench::run(&tagwall_tests::dnsbench::DnsBenchOpts::default());
     format!(
-        "## DNS proxy\n\nCommand: `{cmd}`  \nMachine: {}  \n\n{}",
-        machine(),
-        report.markdown()
+        "{}\nCommand: `{cmd}`  \nMachine: {}\n",
+        report.markdown(),
+        machine()
     )
 }
 
