@@ -226,7 +226,7 @@ impl Lab {
             }
             std::fs::read_to_string(&log)
                 .ok()
-                .filter(|s| s.contains(" attached"))
+                .filter(|s| s.contains("tagwall ready"))
         });
         assert!(
             attached.is_some(),

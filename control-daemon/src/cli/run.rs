@@ -242,6 +242,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let mut dns = start_dns(&dns_cfg, &fqdns, &enforcer, &dns_state).await?;
         obs.set_dns(dns.as_ref().map(DnsService::handle));
         obs.serve_metrics().await?;
+        // Every interface attached, state written, DNS and metrics serving.
+        tracing::info!(ifaces = ?ifaces, "tagwall ready");
         let mut fqdns = fqdns;
         let result = loop {
             let dns_failed = async {

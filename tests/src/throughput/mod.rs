@@ -501,7 +501,7 @@ fn setup(f: Filter, p: &Policy, cpus: usize) -> anyhow::Result<Topo> {
                 }
                 std::fs::read_to_string(&log)
                     .ok()
-                    .filter(|s| s.contains("XDP attached"))
+                    .filter(|s| s.contains("tagwall ready"))
                     .map(|_| true)
             });
             t.daemon = Some(guard);
