@@ -597,55 +597,22 @@ impl Dataplane {
                     .map_err(map_err(names::MAP_PORT_SETS))?;
             }
         }
-        {
-            let map = self.map_mut(names::MAP_POLICY_V4)?;
-            let mut trie: LpmTrie<&mut MapData, PolicyKeyV4, PolicyValue> =
-                LpmTrie::try_from(map).map_err(map_err(names::MAP_POLICY_V4))?;
-            for (dir, net, set) in &policy.v4 {
-                let key = Key::new(
-                    KEY_HDR_BITS + u32::from(net.prefix_len()),
-                    PolicyKeyV4 {
-                        slot: new,
-                        dir: dir_code(*dir),
-                        _pad: [0; 2],
-                        addr: net.network().octets(),
-                    },
-                );
-                trie.insert(
-                    &key,
-                    PolicyValue {
-                        set_id: base + set,
-                        flags: 0,
-                    },
-                    0,
-                )
-                .map_err(map_err(names::MAP_POLICY_V4))?;
-            }
-        }
-        {
-            let map = self.map_mut(names::MAP_POLICY_V6)?;
-            let mut trie: LpmTrie<&mut MapData, PolicyKeyV6, PolicyValue> =
-                LpmTrie::try_from(map).map_err(map_err(names::MAP_POLICY_V6))?;
-            for (dir, net, set) in &policy.v6 {
-                let key = Key::new(
-                    KEY_HDR_BITS + u32::from(net.prefix_len()),
-                    PolicyKeyV6 {
-                        slot: new,
-                        dir: dir_code(*dir),
-                        _pad: [0; 2],
-                        addr: net.network().octets(),
-                    },
-                );
-                trie.insert(
-                    &key,
-                    PolicyValue {
-                        set_id: base + set,
-                        flags: 0,
-                    },
-                    0,
-                )
-                .map_err(map_err(names::MAP_POLICY_V6))?;
-            }
+        let entries = policy
+            .v4
+            .iter()
+            .map(|(d, n, set)| (*d, IpNet::V4(*n), *set))
+            .chain(
+                policy
+                    .v6
+                    .iter()
+                    .map(|(d, n, set)| (*d, IpNet::V6(*n), *set)),
+            );
+        for (dir, net, set) in entries {
+            let value = PolicyValue {
+                set_id: base + set,
+                flags: 0,
+            };
+            self.insert_prefix(new, dir_code(dir), net, value)?;
         }
         self.write_internal(new, &settings.internal)?;
         let generation = cur.generation.wrapping_add(1);
@@ -744,40 +711,7 @@ impl Dataplane {
             set_id: base + index,
             flags: 0,
         };
-        match addr {
-            std::net::IpAddr::V4(a) => {
-                let map = self.map_mut(names::MAP_POLICY_V4)?;
-                let mut trie: LpmTrie<&mut MapData, PolicyKeyV4, PolicyValue> =
-                    LpmTrie::try_from(map).map_err(map_err(names::MAP_POLICY_V4))?;
-                let key = Key::new(
-                    KEY_HDR_BITS + 32,
-                    PolicyKeyV4 {
-                        slot,
-                        dir: dir_code(dir),
-                        _pad: [0; 2],
-                        addr: a.octets(),
-                    },
-                );
-                trie.insert(&key, value, 0)
-                    .map_err(map_err(names::MAP_POLICY_V4))
-            }
-            std::net::IpAddr::V6(a) => {
-                let map = self.map_mut(names::MAP_POLICY_V6)?;
-                let mut trie: LpmTrie<&mut MapData, PolicyKeyV6, PolicyValue> =
-                    LpmTrie::try_from(map).map_err(map_err(names::MAP_POLICY_V6))?;
-                let key = Key::new(
-                    KEY_HDR_BITS + 128,
-                    PolicyKeyV6 {
-                        slot,
-                        dir: dir_code(dir),
-                        _pad: [0; 2],
-                        addr: a.octets(),
-                    },
-                );
-                trie.insert(&key, value, 0)
-                    .map_err(map_err(names::MAP_POLICY_V6))
-            }
-        }
+        self.insert_prefix(slot, dir_code(dir), IpNet::from(addr), value)
     }
 
     /// Internal prefixes of `slot` (`KEY_DIR_INTERNAL` entries; the value is unused).
@@ -787,42 +721,47 @@ impl Dataplane {
             flags: 0,
         };
         for net in internal {
-            match net {
-                IpNet::V4(n) => {
-                    let map = self.map_mut(names::MAP_POLICY_V4)?;
-                    let mut trie: LpmTrie<&mut MapData, PolicyKeyV4, PolicyValue> =
-                        LpmTrie::try_from(map).map_err(map_err(names::MAP_POLICY_V4))?;
-                    let key = Key::new(
-                        KEY_HDR_BITS + u32::from(n.prefix_len()),
-                        PolicyKeyV4 {
-                            slot,
-                            dir: KEY_DIR_INTERNAL,
-                            _pad: [0; 2],
-                            addr: n.network().octets(),
-                        },
-                    );
-                    trie.insert(&key, value, 0)
-                        .map_err(map_err(names::MAP_POLICY_V4))?;
-                }
-                IpNet::V6(n) => {
-                    let map = self.map_mut(names::MAP_POLICY_V6)?;
-                    let mut trie: LpmTrie<&mut MapData, PolicyKeyV6, PolicyValue> =
-                        LpmTrie::try_from(map).map_err(map_err(names::MAP_POLICY_V6))?;
-                    let key = Key::new(
-                        KEY_HDR_BITS + u32::from(n.prefix_len()),
-                        PolicyKeyV6 {
-                            slot,
-                            dir: KEY_DIR_INTERNAL,
-                            _pad: [0; 2],
-                            addr: n.network().octets(),
-                        },
-                    );
-                    trie.insert(&key, value, 0)
-                        .map_err(map_err(names::MAP_POLICY_V6))?;
-                }
-            }
+            self.insert_prefix(slot, KEY_DIR_INTERNAL, *net, value)?;
         }
         Ok(())
+    }
+
+    /// Insert (or replace) one LPM entry: `net` under the key header `[slot, dir]`.
+    fn insert_prefix(&mut self, slot: u8, dir: u8, net: IpNet, value: PolicyValue) -> Result<()> {
+        match net {
+            IpNet::V4(n) => {
+                let map = self.map_mut(names::MAP_POLICY_V4)?;
+                let mut trie: LpmTrie<&mut MapData, PolicyKeyV4, PolicyValue> =
+                    LpmTrie::try_from(map).map_err(map_err(names::MAP_POLICY_V4))?;
+                let key = Key::new(
+                    KEY_HDR_BITS + u32::from(n.prefix_len()),
+                    PolicyKeyV4 {
+                        slot,
+                        dir,
+                        _pad: [0; 2],
+                        addr: n.network().octets(),
+                    },
+                );
+                trie.insert(&key, value, 0)
+                    .map_err(map_err(names::MAP_POLICY_V4))
+            }
+            IpNet::V6(n) => {
+                let map = self.map_mut(names::MAP_POLICY_V6)?;
+                let mut trie: LpmTrie<&mut MapData, PolicyKeyV6, PolicyValue> =
+                    LpmTrie::try_from(map).map_err(map_err(names::MAP_POLICY_V6))?;
+                let key = Key::new(
+                    KEY_HDR_BITS + u32::from(n.prefix_len()),
+                    PolicyKeyV6 {
+                        slot,
+                        dir,
+                        _pad: [0; 2],
+                        addr: n.network().octets(),
+                    },
+                );
+                trie.insert(&key, value, 0)
+                    .map_err(map_err(names::MAP_POLICY_V6))
+            }
+        }
     }
 
     /// The tracked flows (for listings and tests).
