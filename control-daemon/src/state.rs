@@ -80,28 +80,64 @@ pub struct ReloadStatus {
     pub micros: u64,
 }
 
+/// Write `value` as pretty JSON atomically (temp file + rename), creating the
+/// directory: readers never see a half-written state file.
+///
+/// # Errors
+/// I/O or JSON errors.
+pub fn save_json<T: Serialize>(value: &T, path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(tmp, path)
+}
+
+/// Read a JSON state file.
+///
+/// # Errors
+/// I/O or JSON errors.
+pub fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<T> {
+    serde_json::from_slice(&std::fs::read(path)?).map_err(std::io::Error::other)
+}
+
+/// Read a JSON state file that names its schema; a file of another schema is an error.
+///
+/// # Errors
+/// I/O or JSON errors, or `schema(&value) != expected`.
+pub fn load_schema<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    expected: &str,
+    schema: impl Fn(&T) -> &str,
+) -> std::io::Result<T> {
+    let value: T = load_json(path)?;
+    let found = schema(&value);
+    if found != expected {
+        return Err(std::io::Error::other(format!(
+            "{}: schema {found:?}, expected {expected:?}",
+            path.display()
+        )));
+    }
+    Ok(value)
+}
+
 impl PolicyState {
     /// Write atomically (temp file + rename).
     ///
     /// # Errors
     /// I/O errors.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, path)
+        save_json(self, path)
     }
 
     /// # Errors
     /// I/O or JSON errors.
     pub fn load(path: &Path) -> std::io::Result<Self> {
-        let bytes = std::fs::read(path)?;
-        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+        load_json(path)
     }
 }
 

@@ -104,30 +104,13 @@ impl DnsState {
     /// # Errors
     /// I/O errors.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, path)
+        crate::state::save_json(self, path)
     }
 
     /// # Errors
     /// I/O or JSON errors (a file of another schema is an error).
     pub fn load(path: &Path) -> std::io::Result<Self> {
-        let bytes = std::fs::read(path)?;
-        let s: Self = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
-        if s.schema != SCHEMA {
-            return Err(std::io::Error::other(format!(
-                "{}: schema {:?}, expected {SCHEMA:?}",
-                path.display(),
-                s.schema
-            )));
-        }
-        Ok(s)
+        crate::state::load_schema(path, SCHEMA, |s: &Self| s.schema.as_str())
     }
 
     /// The names (and rule ids) through which `addr` was allowed when written.

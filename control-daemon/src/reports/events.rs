@@ -202,28 +202,11 @@ impl LogState {
     /// # Errors
     /// I/O or JSON errors, or another schema.
     pub fn load(path: &Path) -> std::io::Result<Self> {
-        let s: Self =
-            serde_json::from_slice(&std::fs::read(path)?).map_err(std::io::Error::other)?;
-        if s.schema != STATE_SCHEMA {
-            return Err(std::io::Error::other(format!(
-                "{}: schema {:?}, expected {STATE_SCHEMA:?}",
-                path.display(),
-                s.schema
-            )));
-        }
-        Ok(s)
+        crate::state::load_schema(path, STATE_SCHEMA, |s: &Self| s.schema.as_str())
     }
 
     fn save(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, path)
+        crate::state::save_json(self, path)
     }
 }
 
