@@ -163,6 +163,58 @@ impl Lab {
         ]);
     }
 
+    /// Start dnsmasq on inet-b ([`INET_B_V4`]:53) serving `records` (name, IPv4
+    /// address, TTL) and nothing else; returns once the first record resolves.
+    ///
+    /// # Panics
+    /// If no record is given or dnsmasq does not answer within 10 s (its log is in the
+    /// message).
+    #[must_use]
+    pub fn start_dnsmasq(&self, records: &[(&str, &str, u32)]) -> ChildGuard {
+        let (probe_name, probe_addr, _) = *records.first().expect("at least one record");
+        let log = self.dir.path.join("dnsmasq.log");
+        let mut cmd = self.inet_b.cmd("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--pid-file=",
+            "--user=root",
+            "--log-facility=-",
+            "--cache-size=0",
+            &format!("--listen-address={INET_B_V4}"),
+        ]);
+        for (name, addr, ttl) in records {
+            cmd.arg(format!("--host-record={name},{addr},{ttl}"));
+        }
+        let guard = ChildGuard::spawn(cmd, &log);
+        let up = wait_for(Duration::from_secs(10), || {
+            let out = self
+                .inet_b
+                .cmd("dig")
+                .args([
+                    &format!("@{INET_B_V4}"),
+                    probe_name,
+                    "+short",
+                    "+tries=1",
+                    "+time=1",
+                ])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains(probe_addr)
+                .then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "dnsmasq did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        guard
+    }
+
     /// Write a policy file into the lab directory.
     #[must_use]
     pub fn write_policy(&self, name: &str, toml: &str) -> PathBuf {

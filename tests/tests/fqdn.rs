@@ -6,10 +6,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use tagwall_tests::{
-    lab::*,
-    netns::{ChildGuard, wait_for},
-};
+use tagwall_tests::{lab::*, netns::wait_for};
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("ip literal"), port)
@@ -19,50 +16,6 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
 const BLOB_ADDR: &str = "10.77.2.50";
 const PYPI_ADDR: &str = "10.77.2.51";
 const SHORT_ADDR: &str = "10.77.2.52";
-
-fn dnsmasq(lab: &Lab) -> ChildGuard {
-    let log = lab.dir.path.join("dnsmasq.log");
-    let mut cmd = lab.inet_b.cmd("dnsmasq");
-    cmd.args([
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-        "--pid-file=",
-        "--user=root",
-        "--log-facility=-",
-        "--cache-size=0",
-        &format!("--listen-address={INET_B_V4}"),
-        &format!("--host-record=foo.blob.core.windows.net,{BLOB_ADDR},30"),
-        &format!("--host-record=pypi.org,{PYPI_ADDR},30"),
-        &format!("--host-record=short.blob.core.windows.net,{SHORT_ADDR},1"),
-    ]);
-    let guard = ChildGuard::spawn(cmd, &log);
-    let up = wait_for(Duration::from_secs(10), || {
-        let out = lab
-            .inet_b
-            .cmd("dig")
-            .args([
-                &format!("@{INET_B_V4}"),
-                "pypi.org",
-                "+short",
-                "+tries=1",
-                "+time=1",
-            ])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .contains(PYPI_ADDR)
-            .then_some(())
-    });
-    assert!(
-        up.is_some(),
-        "dnsmasq did not start: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    guard
-}
 
 fn dig(lab: &Lab, name: &str) -> String {
     let out: std::process::Output = lab
@@ -87,7 +40,11 @@ fn dns_answers_open_the_datapath_before_the_client_connects() {
     for a in [BLOB_ADDR, PYPI_ADDR, SHORT_ADDR] {
         lab.add_inet_a_address(a);
     }
-    let _dns = dnsmasq(&lab);
+    let _dns = lab.start_dnsmasq(&[
+        ("pypi.org", PYPI_ADDR, 30),
+        ("foo.blob.core.windows.net", BLOB_ADDR, 30),
+        ("short.blob.core.windows.net", SHORT_ADDR, 1),
+    ]);
     let _blob = tcp_echo(&lab.inet_a, sa(BLOB_ADDR, 8080));
     let _pypi = tcp_echo(&lab.inet_a, sa(PYPI_ADDR, 8080));
     let _short = tcp_echo(&lab.inet_a, sa(SHORT_ADDR, 8080));

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tagwall::reports::time::{rfc3339, unix_ns};
 use tagwall_tests::{
     lab::*,
-    netns::{ChildGuard, Netns, wait_for},
+    netns::{Netns, wait_for},
 };
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
@@ -604,53 +604,11 @@ ports = [8080]
 
 const PYPI_ADDR: &str = "10.77.2.51";
 
-fn dnsmasq(lab: &Lab) -> ChildGuard {
-    let log = lab.dir.path.join("dnsmasq.log");
-    let mut cmd = lab.inet_b.cmd("dnsmasq");
-    cmd.args([
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-        "--pid-file=",
-        "--user=root",
-        "--log-facility=-",
-        "--cache-size=0",
-        &format!("--listen-address={INET_B_V4}"),
-        &format!("--host-record=pypi.org,{PYPI_ADDR},300"),
-    ]);
-    let guard = ChildGuard::spawn(cmd, &log);
-    let up = wait_for(Duration::from_secs(10), || {
-        let out = lab
-            .inet_b
-            .cmd("dig")
-            .args([
-                &format!("@{INET_B_V4}"),
-                "pypi.org",
-                "+short",
-                "+tries=1",
-                "+time=1",
-            ])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .contains(PYPI_ADDR)
-            .then_some(())
-    });
-    assert!(
-        up.is_some(),
-        "dnsmasq did not start: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    guard
-}
-
 #[test]
 fn dns_names_label_denied_flows_and_suggestions() {
     let lab = Lab::new();
     lab.add_inet_a_address(PYPI_ADDR);
-    let _dns = dnsmasq(&lab);
+    let _dns = lab.start_dnsmasq(&[("pypi.org", PYPI_ADDR, 300)]);
     let log = lab.dir.path.join("denied.jsonl");
     let policy = lab.write_policy(
         "dns.toml",
