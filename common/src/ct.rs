@@ -57,9 +57,9 @@ pub struct CtKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns()` of the last packet (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_coarse_ns()` of the last packet (CLOCK_MONOTONIC).
     pub last_seen_ns: u64,
-    /// `bpf_ktime_get_ns()` when the flow was opened.
+    /// `bpf_ktime_get_coarse_ns()` when the flow was opened.
     pub created_ns: u64,
     /// The rule that allowed the flow; later packets are credited to it.
     pub rule_id: u32,

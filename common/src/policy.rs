@@ -148,6 +148,10 @@ pub const CONFIG_F_CONNTRACK: u32 = 2;
 /// `Config::flags`: the gateway's own outbound traffic (TC egress, not forwarded) is
 /// allowed and tracked without consulting the rules.
 pub const CONFIG_F_GATEWAY_OWN: u32 = 4;
+/// `Config::flags`: the active slot has local (management) entries. Without it the
+/// datapath skips the local lookup, so a policy without management rules pays one
+/// LPM lookup per denied packet, not two.
+pub const CONFIG_F_LOCAL_RULES: u32 = 8;
 
 /// Value of `CONFIG[0]`, read once per packet. Written in one map update, so the slot,
 /// flags and timeouts of a policy switch together.

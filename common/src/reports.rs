@@ -82,7 +82,7 @@ impl ReportConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TokenBucket {
     pub credit_ns: u64,
-    /// `bpf_ktime_get_ns()` of the last refill.
+    /// `bpf_ktime_get_coarse_ns()` of the last refill.
     pub last_ns: u64,
 }
 
@@ -90,7 +90,7 @@ pub struct TokenBucket {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DenyEvent {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC).
     pub time_ns: u64,
     /// Addresses as in [`crate::ct::CtKey`]: network order, IPv4 as IPv4-mapped.
     pub src: [u32; 4],

@@ -25,9 +25,9 @@ use tagwall_common::{
     ct::{CtKey, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES},
     names,
     policy::{
-        CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_GATEWAY_OWN, Config as DpConfig,
-        DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES, PolicyKeyV4,
-        PolicyKeyV6, PolicyValue, PortSet,
+        CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_GATEWAY_OWN, CONFIG_F_LOCAL_RULES,
+        Config as DpConfig, DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS,
+        MAX_PORT_RULES, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
     },
     verdict::ALL_REASONS,
 };
@@ -607,7 +607,9 @@ impl Dataplane {
                     .iter()
                     .map(|(d, n, set)| (*d, IpNet::V6(*n), *set)),
             );
+        let mut has_local = false;
         for (dir, net, set) in entries {
+            has_local |= dir == Direction::Local;
             let value = PolicyValue {
                 set_id: base + set,
                 flags: 0,
@@ -625,6 +627,9 @@ impl Dataplane {
         }
         if settings.gateway_own {
             flags |= CONFIG_F_GATEWAY_OWN;
+        }
+        if has_local {
+            flags |= CONFIG_F_LOCAL_RULES;
         }
         {
             let map = self.map_mut(names::MAP_CONFIG)?;
@@ -711,7 +716,21 @@ impl Dataplane {
             set_id: base + index,
             flags: 0,
         };
-        self.insert_prefix(slot, dir_code(dir), IpNet::from(addr), value)
+        self.insert_prefix(slot, dir_code(dir), IpNet::from(addr), value)?;
+        if dir == Direction::Local {
+            // The first local entry of the slot: the datapath skips local lookups
+            // until the flag says there are some (generation unchanged: no flow needs
+            // checking again, an added entry only allows more).
+            let mut cfg = self.config()?;
+            if cfg.flags & CONFIG_F_LOCAL_RULES == 0 {
+                cfg.flags |= CONFIG_F_LOCAL_RULES;
+                let map = self.map_mut(names::MAP_CONFIG)?;
+                let mut arr: Array<&mut MapData, DpConfig> =
+                    Array::try_from(map).map_err(map_err(names::MAP_CONFIG))?;
+                arr.set(0, cfg, 0).map_err(map_err(names::MAP_CONFIG))?;
+            }
+        }
+        Ok(())
     }
 
     /// Internal prefixes of `slot` (`KEY_DIR_INTERNAL` entries; the value is unused).

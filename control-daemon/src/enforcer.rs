@@ -231,7 +231,7 @@ impl Enforcer {
                 let g = lock(&self.inner);
                 (g.dp.flows().unwrap_or_default(), g.settings.conntrack)
             };
-            let now = monotonic_ns();
+            let now = crate::reports::time::monotonic_ns();
             // Live flows only: not closed, not idle past their state's timeout (the
             // LRU table keeps dead entries until they are looked up or evicted).
             snap.1 = flows
@@ -269,17 +269,6 @@ impl Enforcer {
     pub fn sink(self: &Arc<Self>) -> Arc<dyn AddressSink> {
         self.clone()
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// A flow-table address as an `IpAddr` (IPv4-mapped addresses as IPv4).

@@ -13,7 +13,7 @@ mod parse;
 mod prog {
     use aya_ebpf::{
         bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-        helpers::bpf_ktime_get_ns,
+        helpers::bpf_ktime_get_coarse_ns,
         macros::{classifier, map, xdp},
         maps::{
             Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf,
@@ -34,9 +34,9 @@ mod prog {
             CT_TCP_SYN_SENT, CT_UNREPLIED, CtKey, CtValue, DEFAULT_CT_MAX_ENTRIES, V4_MAPPED_WORD,
         },
         policy::{
-            CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_GATEWAY_OWN, Config,
-            DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES, PROTO_ANY,
-            PROTO_TCP, PROTO_UDP, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
+            CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_GATEWAY_OWN, CONFIG_F_LOCAL_RULES,
+            Config, DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES,
+            PROTO_ANY, PROTO_TCP, PROTO_UDP, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
         },
         reports::{
             DEFAULT_TOP_DENIED_ENTRIES, DenyEvent, EV_EMITTED, EV_RATE_LIMITED, EV_RING_FULL,
@@ -436,6 +436,7 @@ mod prog {
             slot,
             dir,
             rules,
+            cfg.flags & CONFIG_F_LOCAL_RULES != 0,
         );
         if tracking && v.reason == REASON_ALLOWED {
             ct_open(f, &v, cfg.generation);
@@ -486,9 +487,9 @@ mod prog {
     /// so 0 means none).
     ///
     /// Same semantics as `PortRule::matches`, written for the verifier: a packet
-    /// without ports is the range 0..=65535, which only an any-port entry contains;
-    /// every entry is looked at (no early exit), so the paths of each step join again
-    /// and the verifier prunes them instead of walking every combination.
+    /// without ports is the range 0..=65535, which only an any-port entry contains.
+    /// The scan stops at `count` or at the first match; it is a subprogram of its own,
+    /// so the verifier walks its exits once per call site, not once per caller path.
     #[inline(never)]
     fn port_match(set_id: u32, proto: u8, dport: Option<u16>) -> u32 {
         let Some(set) = PORT_SETS.get(set_id) else {
@@ -498,29 +499,23 @@ mod prog {
             Some(p) => (p, p),
             None => (0, u16::MAX),
         };
-        // Entries past `count` are zero, rule id 0: even where one "matches", `found`
-        // stays 0, so the scan needs no bound check against `count` (a check that
-        // made the verifier walk the loop once per possible count).
-        let mut found = 0u32;
+        let count = set.count as usize;
         let mut i = 0;
-        while i < MAX_PORT_RULES {
+        while i < MAX_PORT_RULES && i < count {
             let r = &set.rules[i];
-            let ok = ((r.proto == PROTO_ANY) | (r.proto == proto))
-                & (r.port_lo <= lo)
-                & (hi <= r.port_hi)
-                & (found == 0);
-            if ok {
-                found = r.rule_id;
+            if ((r.proto == PROTO_ANY) | (r.proto == proto)) & (r.port_lo <= lo) & (hi <= r.port_hi)
+            {
+                return r.rule_id;
             }
             i += 1;
         }
-        found
+        0
     }
 
     /// The policy's verdict on a packet of direction `dir`: outbound packets are
     /// matched by destination, inbound ones by source (`rules`: whether the rules of
     /// the direction may apply at all); either way, local rules (management) by
-    /// destination.
+    /// destination (`local`: whether the slot has any).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn policy(
@@ -533,6 +528,7 @@ mod prog {
         slot: u8,
         dir: u8,
         rules: bool,
+        local: bool,
     ) -> Verdict {
         let (peer, key_dir) = if dir == DIR_INGRESS {
             (src, DIR_INGRESS)
@@ -556,7 +552,12 @@ mod prog {
                 };
             }
         }
-        if let Some(value) = lpm(dst, v6, slot, KEY_DIR_LOCAL) {
+        let local_entry = if local {
+            lpm(dst, v6, slot, KEY_DIR_LOCAL)
+        } else {
+            None
+        };
+        if let Some(value) = local_entry {
             covered = true;
             let rule_id = port_match(value.set_id, proto, dport);
             if rule_id != 0 {
@@ -651,7 +652,7 @@ mod prog {
         // SAFETY: a pointer into the map value; concurrent updates from other CPUs can
         // interleave field writes, which at worst mis-times one state change.
         let e = unsafe { &mut *e };
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
         if now.wrapping_sub(e.last_seen_ns) > cfg.ct.for_state_ns(e.state, f.proto) {
             let _ = CONNTRACK.remove(&key);
             ct_bump(CT_EXPIRED);
@@ -681,6 +682,7 @@ mod prog {
                 cfg.slot as u8,
                 e.dir,
                 true,
+                cfg.flags & CONFIG_F_LOCAL_RULES != 0,
             );
             if v.reason != REASON_ALLOWED {
                 let _ = CONNTRACK.remove(&key);
@@ -757,7 +759,7 @@ mod prog {
             return;
         };
         let (key, src_is_a) = ct_key(f);
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
         let value = CtValue {
             last_seen_ns: now,
             created_ns: now,
@@ -847,7 +849,7 @@ mod prog {
             ACTION_DROP
         } as u8;
         let dport = if f.has_dport != 0 { f.dport } else { 0 };
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
         if rc.flags & REPORT_F_TOP != 0 {
             let (remote, local) = if dir == DIR_INGRESS {
                 (f.src, f.dst)

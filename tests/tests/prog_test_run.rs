@@ -750,3 +750,36 @@ fn reapply_switches_the_whole_policy() {
         assert_eq!(h.run(&tcp4(OUTSIDE, 443)).reason, REASON_NO_MATCH);
     }
 }
+
+/// A policy without local (management) rules lets the datapath skip the local lookup
+/// (`CONFIG_F_LOCAL_RULES` clear). A local host entry added later (DNS learning) must
+/// turn the lookup on: the packet it allows passes, credited to its set's rule.
+#[test]
+fn local_host_added_later_is_looked_up() {
+    use tagwall_common::policy::{CONFIG_F_LOCAL_RULES, PROTO_TCP, PortRule};
+    let mut h = Harness::new(policy(), false);
+    let target = Ipv4Addr::new(100, 64, 0, 77);
+    assert_eq!(h.run(&tcp4(target, 22)).reason, REASON_NO_MATCH);
+    let flags = |h: &Harness| {
+        let m =
+            h.dp.map(tagwall_common::names::MAP_CONFIG)
+                .expect("CONFIG map");
+        let arr: aya::maps::Array<&aya::maps::MapData, tagwall_common::policy::Config> =
+            aya::maps::Array::try_from(m).expect("array");
+        arr.get(&0, 0).expect("config").flags
+    };
+    assert_eq!(flags(&h) & CONFIG_F_LOCAL_RULES, 0, "no local rules yet");
+    // A fresh set past the compiled ones, naming rule 8 for TCP/22.
+    let index = h.dp.sets_per_slot() - 1;
+    h.dp.write_active_set(index, &[PortRule::new(8, PROTO_TCP, 22, 22)])
+        .expect("write set");
+    h.dp.put_active_host(Direction::Local, target.into(), index)
+        .expect("put host");
+    assert_ne!(flags(&h) & CONFIG_F_LOCAL_RULES, 0, "flag set by the put");
+    let o = h.run(&tcp4(target, 22));
+    assert_eq!(
+        (o.action, o.reason, o.rule_id),
+        (XDP_PASS, REASON_ALLOWED, 8)
+    );
+    assert_eq!(h.run(&tcp4(target, 23)).reason, REASON_PORT);
+}

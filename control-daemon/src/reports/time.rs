@@ -1,4 +1,5 @@
-//! Clocks: the datapath stamps with CLOCK_MONOTONIC (`bpf_ktime_get_ns`); logs and
+//! Clocks: the datapath stamps with CLOCK_MONOTONIC at tick resolution
+//! (`bpf_ktime_get_coarse_ns`: no clock-source read per packet); logs and
 //! reports speak RFC 3339 UTC.
 
 /// Nanoseconds of a clock.

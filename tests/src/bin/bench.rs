@@ -35,6 +35,9 @@ struct Opts {
     max_synthetic: usize,
     /// `xdp` (per-packet and control plane, the default), `throughput`, or `all`.
     section: String,
+    /// Only the per-packet cases whose name contains this (quick iterations while
+    /// profiling; the committed BENCHMARKS.md is made without it).
+    case: Option<String>,
 }
 
 /// A policy to measure and the packets to send through it.
@@ -437,6 +440,7 @@ fn parse_args() -> Result<Opts, String> {
         output: None,
         max_synthetic: 1_000_000,
         section: "xdp".into(),
+        case: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -455,9 +459,10 @@ fn parse_args() -> Result<Opts, String> {
                     .map_err(|e| format!("--max-synthetic: {e}"))?;
             }
             "--section" => o.section = val("--section")?,
+            "--case" => o.case = Some(val("--case")?),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (--repeat N --runs N --output FILE --max-synthetic N --section xdp|throughput|dns|all)"
+                    "unknown argument {other:?} (--repeat N --runs N --output FILE --max-synthetic N --section xdp|throughput|dns|all --case NAME)"
                 ));
             }
         }
@@ -515,6 +520,13 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("bench: Azure cases: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(want) = &o.case {
+        cases.retain(|c| c.name.contains(want.as_str()));
+        if cases.is_empty() {
+            eprintln!("bench: --case {want:?} matches no case");
             return ExitCode::FAILURE;
         }
     }
