@@ -10,6 +10,7 @@ pub mod counters;
 pub mod ct;
 pub mod policy;
 pub mod reports;
+pub mod stride;
 pub mod verdict;
 
 /// Names of the maps and programs in the eBPF object. Userspace looks them up by these
@@ -22,6 +23,8 @@ pub mod names {
     pub const PROG_TC_FLOOR: &str = "tagwall_tc_floor";
     pub const MAP_POLICY_V4: &str = "POLICY_V4";
     pub const MAP_POLICY_V6: &str = "POLICY_V6";
+    /// The multibit trie of the policy prefixes (`stride`), mmapped by userspace.
+    pub const MAP_LOOKUP: &str = "LOOKUP";
     pub const MAP_PORT_SETS: &str = "PORT_SETS";
     pub const MAP_CONFIG: &str = "CONFIG";
     pub const MAP_RULE_STATS: &str = "RULE_STATS";
@@ -58,6 +61,7 @@ mod pod {
         ct::{CtKey, CtTimeouts, CtValue},
         policy::{Config, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortRule, PortSet},
         reports::{DenyEvent, ReportConfig, TokenBucket, TopKey, TopValue},
+        stride::Node,
     };
 
     // SAFETY: all of these are #[repr(C)] structs made only of integers and integer
@@ -77,4 +81,5 @@ mod pod {
     unsafe impl aya::Pod for DenyEvent {}
     unsafe impl aya::Pod for TopKey {}
     unsafe impl aya::Pod for TopValue {}
+    unsafe impl aya::Pod for Node {}
 }

@@ -152,6 +152,9 @@ pub const CONFIG_F_GATEWAY_OWN: u32 = 4;
 /// datapath skips the local lookup, so a policy without management rules pays one
 /// LPM lookup per denied packet, not two.
 pub const CONFIG_F_LOCAL_RULES: u32 = 8;
+/// `Config::flags`: the active slot's prefixes are in the LPM tries (`POLICY_V4`,
+/// `POLICY_V6`), not in the multibit trie (`LOOKUP`), which was too small for them.
+pub const CONFIG_F_LPM_FALLBACK: u32 = 16;
 
 /// Value of `CONFIG[0]`, read once per packet. Written in one map update, so the slot,
 /// flags and timeouts of a policy switch together.

@@ -21,18 +21,20 @@ use aya::{
 };
 use ipnet::IpNet;
 use tagwall_common::{
-    counters::{ACTION_MAX, Counter, DIR_MAX, KEY_DIR_INTERNAL, MAX_RULES, reason_index},
+    counters::{
+        ACTION_MAX, Counter, DIR_MAX, KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, reason_index,
+    },
     ct::{CtKey, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES},
     names,
     policy::{
         CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_GATEWAY_OWN, CONFIG_F_LOCAL_RULES,
-        Config as DpConfig, DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS,
-        MAX_PORT_RULES, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
+        CONFIG_F_LPM_FALLBACK, Config as DpConfig, DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT,
+        KEY_HDR_BITS, MAX_PORT_RULES, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
     },
     verdict::ALL_REASONS,
 };
 
-use crate::{compile::CompiledPolicy, rules::Direction};
+use crate::{compile::CompiledPolicy, rules::Direction, stride};
 
 /// The datapath object, built by build.rs from `dataplane-ebpf`.
 pub static EBPF_OBJECT: &[u8] =
@@ -48,9 +50,10 @@ pub const OLD_SLOT_GRACE: Duration = Duration::from_millis(5);
 /// the last user-space reference to it goes, which would break the attached
 /// programs when the daemon exits; `FACTS` joins the two stages, so both must see
 /// the same one after a restart.
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 18] = [
     names::MAP_POLICY_V4,
     names::MAP_POLICY_V6,
+    names::MAP_LOOKUP,
     names::MAP_PORT_SETS,
     names::MAP_CONFIG,
     names::MAP_RULE_STATS,
@@ -103,6 +106,22 @@ pub enum DataplaneError {
          restart with a larger `limits.port_sets`"
     )]
     SetsFull { needed: usize, have: u32 },
+    #[error(
+        "no room for {addr} in the lookup table ({source}); restart with a larger \
+         `datapath.lookup_nodes`"
+    )]
+    LookupFull {
+        addr: std::net::IpAddr,
+        #[source]
+        source: stride::Full,
+    },
+    #[error(
+        "the active policy slot was built by another process, so this one cannot add \
+         {addr} to it; apply a policy first"
+    )]
+    LookupUnknown { addr: std::net::IpAddr },
+    #[error("mapping the lookup table into memory: {0}")]
+    LookupMmap(#[source] std::io::Error),
     #[error("cannot attach {what} to {iface}: {source}")]
     Attach {
         what: &'static str,
@@ -158,6 +177,9 @@ pub struct LoadOptions {
     pub log_level: u8,
     /// Capacity of the top-denied table (LRU).
     pub top_denied_entries: u32,
+    /// Size of the multibit trie (`LOOKUP`) in 1 KiB nodes; a policy that does not
+    /// fit half of it (one slot) is looked up in the LPM tries instead.
+    pub lookup_nodes: u32,
 }
 
 impl Default for LoadOptions {
@@ -169,6 +191,7 @@ impl Default for LoadOptions {
             ct_max_entries: DEFAULT_CT_MAX_ENTRIES,
             log_level: 0,
             top_denied_entries: tagwall_common::reports::DEFAULT_TOP_DENIED_ENTRIES,
+            lookup_nodes: tagwall_common::stride::DEFAULT_LOOKUP_NODES,
         }
     }
 }
@@ -216,11 +239,71 @@ pub struct ApplyStats {
     pub generation: u32,
     pub prefixes: usize,
     pub sets: usize,
+    /// LPM entries removed with the old slot (only a slot that fell back has any).
     pub removed_old: usize,
+    /// Multibit-trie nodes the new slot uses; `None`: it did not fit, the slot is in
+    /// the LPM tries.
+    pub lookup_nodes: Option<u32>,
+}
+
+/// A shared mapping of the `LOOKUP` array map, unmapped on drop.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; all access goes through atomics.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` came from a successful mmap and are unmapped once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Map `LOOKUP` (every node) into this process.
+fn map_lookup(ebpf: &Ebpf) -> Result<(Mapping, &'static [std::sync::atomic::AtomicU32])> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let name = names::MAP_LOOKUP;
+    let Some(Map::Array(data)) = ebpf.map(name) else {
+        return Err(DataplaneError::MissingMap { name });
+    };
+    let info = data.info().map_err(map_err(name))?;
+    let entries = info.max_entries() as usize * tagwall_common::stride::FANOUT;
+    let len = entries * std::mem::size_of::<u32>();
+    let fd = data.fd().as_fd().as_raw_fd();
+    // SAFETY: a fresh shared mapping of the map's fd; the kernel checks the length
+    // against the map (created with BPF_F_MMAPABLE).
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(DataplaneError::LookupMmap(std::io::Error::last_os_error()));
+    }
+    let mapping = Mapping { ptr, len };
+    // SAFETY: `len` bytes of writable shared memory, u32-aligned (page-aligned), that
+    // live as long as `mapping`; `Dataplane` drops the table before the mapping.
+    // AtomicU32 has the layout of u32.
+    let slice =
+        unsafe { std::slice::from_raw_parts(ptr.cast::<std::sync::atomic::AtomicU32>(), entries) };
+    Ok((mapping, slice))
 }
 
 /// A loaded datapath.
 pub struct Dataplane {
+    /// Borrows from `_mapping` (declared first, so dropped first).
+    table: stride::Table<'static>,
+    _mapping: Mapping,
     ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     sets_per_slot: u32,
@@ -297,6 +380,10 @@ impl Dataplane {
             .map_max_entries(names::MAP_PORT_SETS, 2 * opts.sets_per_slot)
             .map_max_entries(names::MAP_CONNTRACK, opts.ct_max_entries)
             .map_max_entries(names::MAP_TOP_DENIED, opts.top_denied_entries.max(1))
+            .map_max_entries(
+                names::MAP_LOOKUP,
+                opts.lookup_nodes.max(tagwall_common::stride::ROOTS + 2),
+            )
             .override_global(aya_log::LEVEL, &opts.log_level, false);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
@@ -326,7 +413,10 @@ impl Dataplane {
                 ProgramArray::try_from(map).map_err(map_err(name))?;
             jump.set(0, fd, 0).map_err(map_err(name))?;
         }
+        let (mapping, entries) = map_lookup(&ebpf)?;
         Ok(Self {
+            table: stride::Table::new(entries),
+            _mapping: mapping,
             ebpf,
             logger,
             sets_per_slot: opts.sets_per_slot,
@@ -597,26 +687,23 @@ impl Dataplane {
                     .map_err(map_err(names::MAP_PORT_SETS))?;
             }
         }
-        let entries = policy
+        // (key direction, prefix, port-set index); internal prefixes name no set.
+        let mut entries: Vec<(u8, IpNet, u32)> = policy
             .v4
             .iter()
-            .map(|(d, n, set)| (*d, IpNet::V4(*n), *set))
+            .map(|(d, n, set)| (dir_code(*d), IpNet::V4(*n), base + set))
             .chain(
                 policy
                     .v6
                     .iter()
-                    .map(|(d, n, set)| (*d, IpNet::V6(*n), *set)),
-            );
-        let mut has_local = false;
-        for (dir, net, set) in entries {
-            has_local |= dir == Direction::Local;
-            let value = PolicyValue {
-                set_id: base + set,
-                flags: 0,
-            };
-            self.insert_prefix(new, dir_code(dir), net, value)?;
-        }
-        self.write_internal(new, &settings.internal)?;
+                    .map(|(d, n, set)| (dir_code(*d), IpNet::V6(*n), base + set)),
+            )
+            .chain(settings.internal.iter().map(|n| (KEY_DIR_INTERNAL, *n, 0)))
+            .collect();
+        let has_local = entries.iter().any(|(d, _, _)| *d == KEY_DIR_LOCAL);
+        // Shortest first, as the multibit trie needs.
+        entries.sort_by_key(|(_, n, _)| n.prefix_len());
+        let lookup_nodes = self.build_slot(new, &entries)?;
         let generation = cur.generation.wrapping_add(1);
         let mut flags = 0;
         if !settings.internal.is_empty() {
@@ -630,6 +717,9 @@ impl Dataplane {
         }
         if has_local {
             flags |= CONFIG_F_LOCAL_RULES;
+        }
+        if lookup_nodes.is_none() {
+            flags |= CONFIG_F_LPM_FALLBACK;
         }
         {
             let map = self.map_mut(names::MAP_CONFIG)?;
@@ -656,7 +746,38 @@ impl Dataplane {
             prefixes: policy.prefixes(),
             sets: policy.sets.len(),
             removed_old,
+            lookup_nodes,
         })
+    }
+
+    /// Write `entries` (sorted shortest first) into the inactive `slot`: the multibit
+    /// trie when they fit (`Some(nodes used)`), else the LPM tries (`None`).
+    fn build_slot(&mut self, slot: u8, entries: &[(u8, IpNet, u32)]) -> Result<Option<u32>> {
+        self.table.clear(slot);
+        let mut full = None;
+        for (dir, net, set) in entries {
+            if let Err(e) = self.table.insert(slot, *dir, *net, *set) {
+                full = Some(e);
+                break;
+            }
+        }
+        let Some(e) = full else {
+            return Ok(self.table.used(slot));
+        };
+        tracing::warn!(
+            prefixes = entries.len(),
+            "the policy does not fit the lookup table ({e}): using the kernel's LPM tries \
+             for it, which cost more per packet; raise `datapath.lookup_nodes` to avoid this"
+        );
+        self.table.clear(slot);
+        for (dir, net, set) in entries {
+            let value = PolicyValue {
+                set_id: *set,
+                flags: 0,
+            };
+            self.insert_prefix(slot, *dir, *net, value)?;
+        }
+        Ok(None)
     }
 
     /// The active policy slot and the first `PORT_SETS` index of it.
@@ -712,16 +833,25 @@ impl Dataplane {
         index: u32,
     ) -> Result<()> {
         let (slot, base) = self.active_slot()?;
-        let value = PolicyValue {
-            set_id: base + index,
-            flags: 0,
-        };
-        self.insert_prefix(slot, dir_code(dir), IpNet::from(addr), value)?;
+        let mut cfg = self.config()?;
+        if cfg.flags & CONFIG_F_LPM_FALLBACK != 0 {
+            let value = PolicyValue {
+                set_id: base + index,
+                flags: 0,
+            };
+            self.insert_prefix(slot, dir_code(dir), IpNet::from(addr), value)?;
+        } else {
+            if self.table.used(slot).is_none() {
+                return Err(DataplaneError::LookupUnknown { addr });
+            }
+            self.table
+                .insert(slot, dir_code(dir), IpNet::from(addr), base + index)
+                .map_err(|source| DataplaneError::LookupFull { addr, source })?;
+        }
         if dir == Direction::Local {
             // The first local entry of the slot: the datapath skips local lookups
             // until the flag says there are some (generation unchanged: no flow needs
             // checking again, an added entry only allows more).
-            let mut cfg = self.config()?;
             if cfg.flags & CONFIG_F_LOCAL_RULES == 0 {
                 cfg.flags |= CONFIG_F_LOCAL_RULES;
                 let map = self.map_mut(names::MAP_CONFIG)?;
@@ -729,18 +859,6 @@ impl Dataplane {
                     Array::try_from(map).map_err(map_err(names::MAP_CONFIG))?;
                 arr.set(0, cfg, 0).map_err(map_err(names::MAP_CONFIG))?;
             }
-        }
-        Ok(())
-    }
-
-    /// Internal prefixes of `slot` (`KEY_DIR_INTERNAL` entries; the value is unused).
-    fn write_internal(&mut self, slot: u8, internal: &[IpNet]) -> Result<()> {
-        let value = PolicyValue {
-            set_id: 0,
-            flags: 0,
-        };
-        for net in internal {
-            self.insert_prefix(slot, KEY_DIR_INTERNAL, *net, value)?;
         }
         Ok(())
     }
@@ -820,9 +938,11 @@ impl Dataplane {
             .ok_or(DataplaneError::MissingMap { name })
     }
 
-    /// Remove every LPM entry of `slot`. Port sets need no clearing: only LPM entries
-    /// point at them, and a set index is rewritten before any entry names it.
+    /// Remove every entry of `slot` (multibit trie and LPM tries). Port sets need no
+    /// clearing: only these entries point at them, and a set index is rewritten
+    /// before any entry names it. Returns the LPM entries removed.
     fn clear_slot(&mut self, slot: u8) -> Result<usize> {
+        self.table.clear(slot);
         let mut removed = 0;
         {
             let map = self.map_mut(names::MAP_POLICY_V4)?;

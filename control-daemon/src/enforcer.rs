@@ -158,6 +158,7 @@ impl Enforcer {
                 prefixes: 0,
                 sets: 0,
                 removed_old: 0,
+                lookup_nodes: None,
             },
         };
         let stats = inner.dp.apply(&compiled, &inner.settings)?;

@@ -18,3 +18,4 @@ pub mod reports;
 pub mod rules;
 pub mod servicetags;
 pub mod state;
+pub mod stride;

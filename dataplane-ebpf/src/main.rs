@@ -12,7 +12,7 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod prog {
     use aya_ebpf::{
-        bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+        bindings::{BPF_F_MMAPABLE, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
         helpers::bpf_ktime_get_coarse_ns,
         macros::{classifier, map, xdp},
         maps::{
@@ -35,14 +35,16 @@ mod prog {
         },
         policy::{
             CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_GATEWAY_OWN, CONFIG_F_LOCAL_RULES,
-            Config, DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES,
-            PROTO_ANY, PROTO_TCP, PROTO_UDP, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
+            CONFIG_F_LPM_FALLBACK, Config, DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT,
+            KEY_HDR_BITS, MAX_PORT_RULES, PROTO_ANY, PROTO_TCP, PROTO_UDP, PolicyKeyV4,
+            PolicyKeyV6, PolicyValue, PortSet,
         },
         reports::{
             DEFAULT_TOP_DENIED_ENTRIES, DenyEvent, EV_EMITTED, EV_RATE_LIMITED, EV_RING_FULL,
             EVENT_STATS_LEN, EVENTS_RING_BYTES, REPORT_F_EVENTS, REPORT_F_TOP, ReportConfig,
             TokenBucket, TopKey, TopValue,
         },
+        stride::{CHILD, DEFAULT_LOOKUP_NODES, Node, root},
         verdict::{
             REASON_ALLOWED, REASON_ESTABLISHED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED,
             REASON_NO_MATCH, REASON_NON_IP, REASON_PORT, is_drop,
@@ -57,6 +59,10 @@ mod prog {
     #[map]
     static POLICY_V6: LpmTrie<PolicyKeyV6, PolicyValue> =
         LpmTrie::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
+    /// The policy prefixes as a multibit trie (`tagwall_common::stride`); userspace
+    /// writes it through a shared mapping.
+    #[map]
+    static LOOKUP: Array<Node> = Array::with_max_entries(DEFAULT_LOOKUP_NODES, BPF_F_MMAPABLE);
     #[map]
     static PORT_SETS: Array<PortSet> = Array::with_max_entries(2 * DEFAULT_SETS_PER_SLOT, 0);
     #[map]
@@ -326,6 +332,11 @@ mod prog {
         tcp_flags: u8,
         /// `Hook` as `u8`.
         hook: u8,
+        /// The flow's canonical key (stage 2 fills it when tracking, see
+        /// [`fill_ct_key`]); map helpers read it in place.
+        key: CtKey,
+        /// The packet's source is endpoint A of `key`.
+        src_is_a: u8,
     }
 
     #[map]
@@ -377,9 +388,11 @@ mod prog {
     /// The verdict on the packet in `FACTS`.
     #[inline(always)]
     fn decide(cfg: &Config) -> Verdict {
-        let Some(f) = FACTS.get(0) else {
+        let Some(f) = FACTS.get_ptr_mut(0) else {
             return Verdict::new(REASON_INTERNAL, DIR_EGRESS);
         };
+        // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
+        let f = unsafe { &mut *f };
         let hook = match f.hook {
             1 => Hook::HostEgress,
             2 => Hook::HostIngress,
@@ -388,6 +401,10 @@ mod prog {
         };
         let slot = cfg.slot as u8;
         let tracking = cfg.flags & CONFIG_F_CONNTRACK != 0;
+        if tracking && f.has_flow != 0 {
+            fill_ct_key(f);
+        }
+        let f = &*f;
         if tracking {
             if let Some(v) = ct_continue(f, cfg) {
                 return v;
@@ -414,10 +431,12 @@ mod prog {
             Hook::HostEgress | Hook::GatewayLocal => (DIR_EGRESS, true),
             Hook::HostIngress => (DIR_INGRESS, true),
             Hook::Gateway => {
-                if cfg.flags & CONFIG_F_DIRECTIONAL == 0 || is_internal(&f.src, f.v6, slot) {
+                if cfg.flags & CONFIG_F_DIRECTIONAL == 0
+                    || is_internal(&f.src, f.v6, slot, cfg.flags)
+                {
                     (DIR_EGRESS, true)
                 } else {
-                    (DIR_INGRESS, is_internal(&f.dst, f.v6, slot))
+                    (DIR_INGRESS, is_internal(&f.dst, f.v6, slot, cfg.flags))
                 }
             }
         };
@@ -436,7 +455,7 @@ mod prog {
             slot,
             dir,
             rules,
-            cfg.flags & CONFIG_F_LOCAL_RULES != 0,
+            cfg.flags,
         );
         if tracking && v.reason == REASON_ALLOWED {
             ct_open(f, &v, cfg.generation);
@@ -478,9 +497,61 @@ mod prog {
         }
     }
 
+    /// One step of a multibit-trie walk: `Ok(next node)` or `Err(result entry)`.
     #[inline(always)]
-    fn is_internal(addr: &[u32; 4], v6: u8, slot: u8) -> bool {
-        lpm(addr, v6, slot, KEY_DIR_INTERNAL).is_some()
+    fn step(node: u32, byte: u8) -> Result<u32, u32> {
+        let Some(n) = LOOKUP.get(node) else {
+            return Err(0);
+        };
+        let e = n.e[byte as usize];
+        if e & CHILD == 0 {
+            Err(e)
+        } else {
+            Ok(e & !CHILD)
+        }
+    }
+
+    /// The multibit-trie entry for `addr` (0: no prefix covers it, else the port-set
+    /// index + 1). One subprogram, so the verifier walks it once per call site.
+    #[inline(never)]
+    fn stride_find(addr: &[u32; 4], v6: u8, slot: u8, dir: u8) -> u32 {
+        let mut node = root(slot, dir, v6);
+        if v6 == 0 {
+            for b in addr[3].to_ne_bytes() {
+                match step(node, b) {
+                    Ok(n) => node = n,
+                    Err(e) => return e,
+                }
+            }
+            return 0;
+        }
+        for w in addr {
+            for b in w.to_ne_bytes() {
+                match step(node, b) {
+                    Ok(n) => node = n,
+                    Err(e) => return e,
+                }
+            }
+        }
+        0
+    }
+
+    /// The port-set index of the longest prefix of `slot`/`dir` covering `addr`,
+    /// from the multibit trie or, for a slot that did not fit it, the LPM trie.
+    #[inline(always)]
+    fn find(addr: &[u32; 4], v6: u8, slot: u8, dir: u8, flags: u32) -> Option<u32> {
+        if flags & CONFIG_F_LPM_FALLBACK != 0 {
+            return lpm(addr, v6, slot, dir).map(|v| v.set_id);
+        }
+        match stride_find(addr, v6, slot, dir) {
+            0 => None,
+            e => Some(e - 1),
+        }
+    }
+
+    #[inline(always)]
+    fn is_internal(addr: &[u32; 4], v6: u8, slot: u8, flags: u32) -> bool {
+        find(addr, v6, slot, KEY_DIR_INTERNAL, flags).is_some()
     }
 
     /// The first rule of a port set that allows `proto`/`dport` (rule ids start at 1,
@@ -515,7 +586,7 @@ mod prog {
     /// The policy's verdict on a packet of direction `dir`: outbound packets are
     /// matched by destination, inbound ones by source (`rules`: whether the rules of
     /// the direction may apply at all); either way, local rules (management) by
-    /// destination (`local`: whether the slot has any).
+    /// destination (when the slot has any, `CONFIG_F_LOCAL_RULES`).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn policy(
@@ -528,7 +599,7 @@ mod prog {
         slot: u8,
         dir: u8,
         rules: bool,
-        local: bool,
+        flags: u32,
     ) -> Verdict {
         let (peer, key_dir) = if dir == DIR_INGRESS {
             (src, DIR_INGRESS)
@@ -537,13 +608,13 @@ mod prog {
         };
         let mut covered = false;
         let primary = if rules {
-            lpm(peer, v6, slot, key_dir)
+            find(peer, v6, slot, key_dir, flags)
         } else {
             None
         };
-        if let Some(value) = primary {
+        if let Some(set_id) = primary {
             covered = true;
-            let rule_id = port_match(value.set_id, proto, dport);
+            let rule_id = port_match(set_id, proto, dport);
             if rule_id != 0 {
                 return Verdict {
                     reason: REASON_ALLOWED,
@@ -552,14 +623,14 @@ mod prog {
                 };
             }
         }
-        let local_entry = if local {
-            lpm(dst, v6, slot, KEY_DIR_LOCAL)
+        let local_entry = if flags & CONFIG_F_LOCAL_RULES != 0 {
+            find(dst, v6, slot, KEY_DIR_LOCAL, flags)
         } else {
             None
         };
-        if let Some(value) = local_entry {
+        if let Some(set_id) = local_entry {
             covered = true;
-            let rule_id = port_match(value.set_id, proto, dport);
+            let rule_id = port_match(set_id, proto, dport);
             if rule_id != 0 {
                 return Verdict {
                     reason: REASON_ALLOWED,
@@ -596,35 +667,31 @@ mod prog {
         None
     }
 
-    /// The canonical key of a packet's flow, and whether the packet's source is
-    /// endpoint A (the smaller one).
+    /// Write the canonical key of the packet's flow into `f.key`, and whether the
+    /// packet's source is endpoint A (the smaller one). Field by field, in place: a
+    /// struct literal made LLVM copy the key twice and call `memset` for the padding.
     #[inline(always)]
-    fn ct_key(f: &Facts) -> (CtKey, bool) {
+    fn fill_ct_key(f: &mut Facts) {
         let (sport, dport) = (f.sport, f.dport);
         let swap = match words_after(&f.src, &f.dst) {
             Some(after) => after,
             None => sport > dport,
         };
-        let key = if swap {
-            CtKey {
-                addr_a: f.dst,
-                addr_b: f.src,
-                port_a: dport,
-                port_b: sport,
-                proto: f.proto,
-                _pad: [0; 3],
-            }
+        let (a, b, pa, pb) = if swap {
+            (f.dst, f.src, dport, sport)
         } else {
-            CtKey {
-                addr_a: f.src,
-                addr_b: f.dst,
-                port_a: sport,
-                port_b: dport,
-                proto: f.proto,
-                _pad: [0; 3],
-            }
+            (f.src, f.dst, sport, dport)
         };
-        (key, !swap)
+        let k = &mut f.key;
+        k.addr_a = a;
+        k.addr_b = b;
+        k.port_a = pa;
+        k.port_b = pb;
+        k.proto = f.proto;
+        k._pad[0] = 0;
+        k._pad[1] = 0;
+        k._pad[2] = 0;
+        f.src_is_a = u8::from(!swap);
     }
 
     const TCP_FIN: u8 = 0x01;
@@ -647,14 +714,14 @@ mod prog {
         if f.has_flow == 0 {
             return None;
         }
-        let (key, src_is_a) = ct_key(f);
-        let e = CONNTRACK.get_ptr_mut(&key)?;
+        let (key, src_is_a) = (&f.key, f.src_is_a != 0);
+        let e = CONNTRACK.get_ptr_mut(key)?;
         // SAFETY: a pointer into the map value; concurrent updates from other CPUs can
         // interleave field writes, which at worst mis-times one state change.
         let e = unsafe { &mut *e };
         let now = unsafe { bpf_ktime_get_coarse_ns() };
         if now.wrapping_sub(e.last_seen_ns) > cfg.ct.for_state_ns(e.state, f.proto) {
-            let _ = CONNTRACK.remove(&key);
+            let _ = CONNTRACK.remove(key);
             ct_bump(CT_EXPIRED);
             return None;
         }
@@ -682,10 +749,10 @@ mod prog {
                 cfg.slot as u8,
                 e.dir,
                 true,
-                cfg.flags & CONFIG_F_LOCAL_RULES != 0,
+                cfg.flags,
             );
             if v.reason != REASON_ALLOWED {
-                let _ = CONNTRACK.remove(&key);
+                let _ = CONNTRACK.remove(key);
                 ct_bump(CT_REVOKED);
                 return None;
             }
@@ -703,7 +770,7 @@ mod prog {
             } else if e.state == CT_TCP_CLOSED {
                 if fl & TCP_SYN != 0 && fl & TCP_ACK == 0 && from_initiator {
                     // The ports are reused for a new connection: judge it anew.
-                    let _ = CONNTRACK.remove(&key);
+                    let _ = CONNTRACK.remove(key);
                     return None;
                 }
             } else if fl & TCP_FIN != 0 {
@@ -758,20 +825,19 @@ mod prog {
         } else {
             return;
         };
-        let (key, src_is_a) = ct_key(f);
+        let (key, src_is_a) = (&f.key, f.src_is_a != 0);
         let now = unsafe { bpf_ktime_get_coarse_ns() };
-        let value = CtValue {
-            last_seen_ns: now,
-            created_ns: now,
-            rule_id: v.rule_id,
-            generation,
-            state,
-            initiator: if src_is_a { 0 } else { 1 },
-            dir: v.dir,
-            fin: 0,
-            _pad: [0; 4],
-        };
-        if CONNTRACK.insert(&key, &value, 0).is_ok() {
+        // Field by field on a zeroed value: a literal's padding became a `memset` call.
+        // SAFETY: all-zero is a valid CtValue (plain integers).
+        let mut value: CtValue = unsafe { core::mem::zeroed() };
+        value.last_seen_ns = now;
+        value.created_ns = now;
+        value.rule_id = v.rule_id;
+        value.generation = generation;
+        value.state = state;
+        value.initiator = u8::from(!src_is_a);
+        value.dir = v.dir;
+        if CONNTRACK.insert(key, &value, 0).is_ok() {
             ct_bump(CT_NEW);
         } else {
             ct_bump(CT_INSERT_FAILED);
@@ -856,30 +922,29 @@ mod prog {
             } else {
                 (f.dst, f.src)
             };
-            let key = TopKey {
-                addr: remote,
-                port: dport,
-                proto: f.proto,
-                dir,
-                v6: f.v6,
-                _pad: [0; 3],
-            };
+            // Zeroed, then field by field (literals' padding became `memset` calls).
+            // SAFETY: all-zero is a valid TopKey/TopValue/DenyEvent (plain integers).
+            let mut key: TopKey = unsafe { core::mem::zeroed() };
+            key.addr = remote;
+            key.port = dport;
+            key.proto = f.proto;
+            key.dir = dir;
+            key.v6 = f.v6;
             let mut counted = false;
             if let Some(e) = TOP_DENIED.get_ptr_mut(&key) {
                 counted = true;
                 top_add(e, len, now, local, reason, action);
             }
             if !counted {
-                let value = TopValue {
-                    packets: 1,
-                    bytes: len,
-                    first_seen_ns: now,
-                    last_seen_ns: now,
-                    local,
-                    reason,
-                    action,
-                    _pad: [0; 6],
-                };
+                // SAFETY: as above.
+                let mut value: TopValue = unsafe { core::mem::zeroed() };
+                value.packets = 1;
+                value.bytes = len;
+                value.first_seen_ns = now;
+                value.last_seen_ns = now;
+                value.local = local;
+                value.reason = reason;
+                value.action = action;
                 // BPF_NOEXIST: another CPU may have inserted the key meanwhile (its
                 // insert zeroed this CPU's value); then add to this CPU's value.
                 if TOP_DENIED.insert(&key, &value, 1).is_err() {
@@ -910,20 +975,20 @@ mod prog {
         b.credit_ns = credit - rc.cost_ns;
         match EVENTS.reserve::<DenyEvent>(0) {
             Some(mut e) => {
-                e.write(DenyEvent {
-                    time_ns: now,
-                    src: f.src,
-                    dst: f.dst,
-                    len: len as u32,
-                    sport: if f.has_dport != 0 { f.sport } else { 0 },
-                    dport,
-                    proto: f.proto,
-                    dir,
-                    reason,
-                    action,
-                    v6: f.v6,
-                    _pad: [0; 3],
-                });
+                // SAFETY: as above.
+                let mut ev: DenyEvent = unsafe { core::mem::zeroed() };
+                ev.time_ns = now;
+                ev.src = f.src;
+                ev.dst = f.dst;
+                ev.len = len as u32;
+                ev.sport = if f.has_dport != 0 { f.sport } else { 0 };
+                ev.dport = dport;
+                ev.proto = f.proto;
+                ev.dir = dir;
+                ev.reason = reason;
+                ev.action = action;
+                ev.v6 = f.v6;
+                e.write(ev);
                 e.submit(0);
                 ev_bump(EV_EMITTED, len);
             }

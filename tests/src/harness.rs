@@ -65,8 +65,18 @@ impl Harness {
     /// On any load/compile/apply failure.
     #[must_use]
     pub fn with(rules: Vec<Rule>, settings: &Settings) -> Self {
+        Self::with_load(rules, settings, &LoadOptions::default())
+    }
+
+    /// Like [`Harness::with`], loading the datapath with `opts` (e.g. a lookup table
+    /// too small for the policy, to test the LPM fallback).
+    ///
+    /// # Panics
+    /// On any load/compile/apply failure.
+    #[must_use]
+    pub fn with_load(rules: Vec<Rule>, settings: &Settings, opts: &LoadOptions) -> Self {
         crate::netns::require_root();
-        let mut dp = Dataplane::load(&LoadOptions::default()).expect("load datapath");
+        let mut dp = Dataplane::load(opts).expect("load datapath");
         let policy = compile(&rules, DEFAULT_SETS_PER_SLOT as usize).expect("compile");
         dp.apply(&policy, settings).expect("apply");
         let ids = rules.iter().map(|r| r.id).collect();

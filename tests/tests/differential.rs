@@ -9,6 +9,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tagwall::{
     compile::compile,
+    dataplane::{LoadOptions, Settings},
     reference,
     rules::{Direction, PortRange, Proto, Rule},
 };
@@ -204,11 +205,41 @@ fn rand_frame(rng: &mut StdRng) -> Vec<u8> {
     frame
 }
 
+/// The multibit trie (the default lookup table).
 #[test]
 fn datapath_equals_reference_on_random_policies_and_frames() {
+    differential(&LoadOptions::default(), false);
+}
+
+/// The kernel LPM tries, which a slot falls back to when its prefixes do not fit the
+/// lookup table (here: a table with one node per slot).
+#[test]
+fn lpm_fallback_equals_reference_on_random_policies_and_frames() {
+    let opts = LoadOptions {
+        lookup_nodes: tagwall_common::stride::ROOTS + 2,
+        ..LoadOptions::default()
+    };
+    differential(&opts, true);
+}
+
+fn lpm_fallback(h: &Harness) -> bool {
+    let m =
+        h.dp.map(tagwall_common::names::MAP_CONFIG)
+            .expect("CONFIG map");
+    let arr: aya::maps::Array<&aya::maps::MapData, tagwall_common::policy::Config> =
+        aya::maps::Array::try_from(m).expect("array");
+    arr.get(&0, 0).expect("config").flags & tagwall_common::policy::CONFIG_F_LPM_FALLBACK != 0
+}
+
+fn differential(opts: &LoadOptions, fallback: bool) {
     let mut rng = StdRng::seed_from_u64(0x7a67_a11d);
-    let mut h = Harness::new(vec![rand_rule(&mut rng, 1)], false);
+    let mut h = Harness::with_load(
+        vec![rand_rule(&mut rng, 1)],
+        &Settings::stateless(false),
+        opts,
+    );
     let (mut frames, mut policies, mut allowed, mut mismatches) = (0, 0, 0, Vec::new());
+    let mut fell_back = 0;
     let mut reasons_seen = std::collections::BTreeSet::new();
     while policies < 40 {
         let n = rng.random_range(1..14);
@@ -217,6 +248,7 @@ fn datapath_equals_reference_on_random_policies_and_frames() {
             continue;
         }
         h.reapply(rules.clone(), false);
+        fell_back += usize::from(lpm_fallback(&h));
         policies += 1;
         for _ in 0..150 {
             let frame = rand_frame(&mut rng);
@@ -238,7 +270,16 @@ fn datapath_equals_reference_on_random_policies_and_frames() {
             frames += 1;
         }
     }
-    println!("{frames} frames, {policies} policies, {allowed} allowed, reasons {reasons_seen:?}");
+    println!(
+        "{frames} frames, {policies} policies ({fell_back} in the LPM tries), {allowed} allowed, \
+         reasons {reasons_seen:?}"
+    );
+    if fallback {
+        // Nearly every policy needs more than the small table's one node per slot.
+        assert!(fell_back >= 30, "{fell_back} of 40 policies fell back");
+    } else {
+        assert_eq!(fell_back, 0, "the default table holds every policy here");
+    }
     assert!(
         mismatches.is_empty(),
         "{} mismatches, first: {}",

@@ -1,0 +1,53 @@
+//! The multibit trie the datapath looks prefixes up in (stride 8, leaf-pushed), kept
+//! in one array map of 256-entry nodes (`LOOKUP`). A lookup reads one entry per byte
+//! of the address, each an inlined array access: at most 4 reads for IPv4 and 16 for
+//! IPv6, against a kernel LPM-trie walk that costs a node visit per branching bit.
+//! A slot whose policy does not fit the table falls back to the LPM tries
+//! ([`crate::policy::CONFIG_F_LPM_FALLBACK`]).
+//!
+//! Layout: nodes `0..ROOTS` are the roots, one per (slot, key direction, family);
+//! the other nodes are split in two halves, one per slot, so building the inactive
+//! slot never touches a node the active one uses. Userspace builds a slot by
+//! inserting prefixes shortest first: a prefix of length `l` lands in the node of
+//! level `(l - 1) / 8` and fills the `2^(8(level + 1) - l)` entries it covers there; a longer
+//! prefix below an entry turns it into a child node whose entries start as copies of
+//! the entry ("leaf pushing"), so the walk ends at the first non-child entry with the
+//! longest match already in it.
+
+/// Entries per node (one byte of the address).
+pub const FANOUT: usize = 256;
+/// An entry with this bit points at a child node (the other bits); without it, an
+/// entry is a result: 0 no prefix covers the address, else `value + 1`.
+pub const CHILD: u32 = 0x8000_0000;
+/// Root nodes: 2 slots x 4 key directions x 2 families.
+pub const ROOTS: u32 = 16;
+/// Default size of `LOOKUP` in nodes (1 KiB each), roots included.
+pub const DEFAULT_LOOKUP_NODES: u32 = 16384;
+
+/// One node: the entries for the 256 values of one address byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub e: [u32; FANOUT],
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self { e: [0; FANOUT] }
+    }
+}
+
+/// The root node of `slot`'s table for key direction `dir` (`DIR_*`/`KEY_DIR_*`)
+/// and family (`v6`: 0 or 1).
+#[inline(always)]
+#[must_use]
+pub const fn root(slot: u8, dir: u8, v6: u8) -> u32 {
+    (((slot & 1) as u32 * 4 + (dir & 3) as u32) * 2) + (v6 & 1) as u32
+}
+
+/// The non-root nodes of `slot`: `first..first + count` of a table of `total` nodes.
+#[must_use]
+pub const fn slot_nodes(slot: u8, total: u32) -> (u32, u32) {
+    let half = total.saturating_sub(ROOTS) / 2;
+    (ROOTS + (slot & 1) as u32 * half, half)
+}

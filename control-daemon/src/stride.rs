@@ -1,0 +1,327 @@
+//! Building the datapath's multibit trie (`LOOKUP`, see `tagwall_common::stride`) in
+//! place, through a shared mapping of the array map.
+//!
+//! A slot is built while it is inactive: its roots are cleared, then prefixes go in
+//! shortest first. A host entry added to the *active* slot (DNS learning) writes any
+//! new child node completely before the one entry that links it, with a release
+//! store, so a concurrent lookup sees the old or the new path, never half a node.
+
+use std::{
+    net::IpAddr,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use ipnet::IpNet;
+use tagwall_common::stride::{CHILD, FANOUT, ROOTS, root, slot_nodes};
+
+/// The table has no free node left for the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the lookup table's {nodes} nodes per slot are all in use")]
+pub struct Full {
+    pub nodes: u32,
+}
+
+/// Node allocation of one slot: `next` is the first free node; `None` when unknown
+/// (maps adopted from an earlier process, not built by this one).
+#[derive(Debug, Clone, Copy, Default)]
+struct SlotState {
+    next: Option<u32>,
+}
+
+/// The entries of a table of `nodes` nodes, and the allocation state of both slots.
+pub struct Table<'a> {
+    entries: &'a [AtomicU32],
+    nodes: u32,
+    slots: [SlotState; 2],
+}
+
+impl<'a> Table<'a> {
+    /// A table over `entries` (`nodes * FANOUT` of them).
+    ///
+    /// # Panics
+    /// If `entries` is not a whole number of nodes, or has fewer than `ROOTS + 2`.
+    #[must_use]
+    pub fn new(entries: &'a [AtomicU32]) -> Self {
+        assert_eq!(entries.len() % FANOUT, 0, "whole nodes");
+        let nodes = u32::try_from(entries.len() / FANOUT).expect("node count fits u32");
+        assert!(
+            nodes >= ROOTS + 2,
+            "room for the roots and one node per slot"
+        );
+        Self {
+            entries,
+            nodes,
+            slots: [SlotState::default(); 2],
+        }
+    }
+
+    /// Nodes available to each slot (roots excluded).
+    #[must_use]
+    pub fn nodes_per_slot(&self) -> u32 {
+        slot_nodes(0, self.nodes).1
+    }
+
+    /// Nodes `slot` uses beyond its roots (`None`: unknown).
+    #[must_use]
+    pub fn used(&self, slot: u8) -> Option<u32> {
+        let (first, _) = slot_nodes(slot, self.nodes);
+        self.slots[usize::from(slot & 1)].next.map(|n| n - first)
+    }
+
+    fn entry(&self, node: u32, i: usize) -> &'a AtomicU32 {
+        let entries: &'a [AtomicU32] = self.entries;
+        &entries[node as usize * FANOUT + i]
+    }
+
+    /// Forget everything in `slot`: its roots become empty, all its nodes free. Only
+    /// for a slot no packet reads (the inactive one).
+    pub fn clear(&mut self, slot: u8) {
+        for dir in 0..4 {
+            for v6 in 0..2 {
+                let r = root(slot, dir, v6);
+                for i in 0..FANOUT {
+                    self.entry(r, i).store(0, Ordering::Release);
+                }
+            }
+        }
+        self.slots[usize::from(slot & 1)].next = Some(slot_nodes(slot, self.nodes).0);
+    }
+
+    fn alloc(&mut self, slot: u8) -> Result<Option<u32>, Full> {
+        let (first, count) = slot_nodes(slot, self.nodes);
+        let st = &mut self.slots[usize::from(slot & 1)];
+        let Some(next) = st.next else {
+            return Ok(None);
+        };
+        if next >= first + count {
+            return Err(Full { nodes: count });
+        }
+        st.next = Some(next + 1);
+        Ok(Some(next))
+    }
+
+    /// Insert `net` -> `value` (stored as `value + 1`) under `slot`/`dir`.
+    ///
+    /// Prefixes must go in shortest first (a prefix's entries may not hold child
+    /// nodes); a host route (/32, /128), the longest there is, can go in at any time.
+    ///
+    /// # Errors
+    /// [`Full`] when the slot needs a node it does not have (the entries written so
+    /// far stay; the caller falls back or reports).
+    ///
+    /// # Panics
+    /// If `value + 1` would not fit the entry encoding, if `slot`'s allocation is
+    /// unknown (not cleared by this table) or on a shorter prefix after a longer one
+    /// below it: programming errors.
+    pub fn insert(&mut self, slot: u8, dir: u8, net: IpNet, value: u32) -> Result<(), Full> {
+        assert!(value < CHILD - 1, "value {value} fits the entry encoding");
+        let (bytes, v6): (Vec<u8>, u8) = match net.network() {
+            IpAddr::V4(a) => (a.octets().to_vec(), 0),
+            IpAddr::V6(a) => (a.octets().to_vec(), 1),
+        };
+        let len = usize::from(net.prefix_len());
+        let mut node = root(slot, dir, v6);
+        // The level whose node holds the prefix's entries.
+        let level = len.saturating_sub(1) / 8;
+        for &b in bytes.iter().take(level) {
+            let e = self.entry(node, usize::from(b));
+            let cur = e.load(Ordering::Acquire);
+            if cur & CHILD != 0 {
+                node = cur & !CHILD;
+                continue;
+            }
+            let child = self
+                .alloc(slot)?
+                .expect("slot allocation known: cleared before building");
+            // Leaf pushing: the child starts as copies of the entry it replaces.
+            for i in 0..FANOUT {
+                self.entry(child, i).store(cur, Ordering::Relaxed);
+            }
+            e.store(CHILD | child, Ordering::Release);
+            node = child;
+        }
+        let bits = len - level * 8;
+        let span = 1usize << (8 - bits);
+        let start = usize::from(bytes[level]) & !(span - 1);
+        for i in start..start + span {
+            let e = self.entry(node, i);
+            assert!(
+                e.load(Ordering::Acquire) & CHILD == 0,
+                "{net} inserted after a longer prefix below it"
+            );
+            e.store(value + 1, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// The entry for `addr` in `slot`/`dir`, as the datapath reads it: `None` when no
+    /// prefix covers it, else the inserted value.
+    #[must_use]
+    pub fn lookup(&self, slot: u8, dir: u8, addr: IpAddr) -> Option<u32> {
+        let (bytes, v6): (Vec<u8>, u8) = match addr {
+            IpAddr::V4(a) => (a.octets().to_vec(), 0),
+            IpAddr::V6(a) => (a.octets().to_vec(), 1),
+        };
+        let mut node = root(slot, dir, v6);
+        for b in bytes {
+            let e = self.entry(node, usize::from(b)).load(Ordering::Acquire);
+            if e & CHILD == 0 {
+                return e.checked_sub(1);
+            }
+            node = e & !CHILD;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    fn table(nodes: usize) -> Vec<AtomicU32> {
+        (0..nodes * FANOUT).map(|_| AtomicU32::new(0)).collect()
+    }
+
+    /// The reference: longest prefix of `nets` containing `addr`.
+    fn longest(nets: &[(IpNet, u32)], addr: IpAddr) -> Option<u32> {
+        nets.iter()
+            .filter(|(n, _)| n.contains(&addr))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map(|(_, v)| *v)
+    }
+
+    fn sorted(mut nets: Vec<(IpNet, u32)>) -> Vec<(IpNet, u32)> {
+        nets.sort_by_key(|(n, _)| n.prefix_len());
+        nets
+    }
+
+    #[test]
+    fn nested_prefixes_resolve_to_the_longest() {
+        let mem = table(64);
+        let mut t = Table::new(&mem);
+        t.clear(0);
+        let nets = sorted(vec![
+            ("0.0.0.0/0".parse().unwrap(), 1),
+            ("10.0.0.0/8".parse().unwrap(), 2),
+            ("10.1.0.0/16".parse().unwrap(), 3),
+            ("10.1.2.0/23".parse().unwrap(), 4),
+            ("10.1.2.128/25".parse().unwrap(), 5),
+            ("10.1.2.129/32".parse().unwrap(), 6),
+            ("2001:db8::/32".parse().unwrap(), 7),
+            ("2001:db8:0:1::/64".parse().unwrap(), 8),
+            ("2001:db8:0:1::5/128".parse().unwrap(), 9),
+        ]);
+        for (n, v) in &nets {
+            t.insert(0, 0, *n, *v).unwrap();
+        }
+        for a in [
+            "9.9.9.9",
+            "10.9.9.9",
+            "10.1.9.9",
+            "10.1.3.1",
+            "10.1.2.1",
+            "10.1.2.200",
+            "10.1.2.129",
+            "10.1.4.1",
+            "2001:db8::1",
+            "2001:db8:0:1::4",
+            "2001:db8:0:1::5",
+            "2001:db9::1",
+        ] {
+            let addr: IpAddr = a.parse().unwrap();
+            assert_eq!(t.lookup(0, 0, addr), longest(&nets, addr), "{a}");
+        }
+        // Other directions and the other slot stay empty.
+        assert_eq!(t.lookup(0, 1, "10.1.2.129".parse().unwrap()), None);
+        assert_eq!(t.lookup(1, 0, "10.1.2.129".parse().unwrap()), None);
+    }
+
+    /// Random prefixes of every length, random addresses (half of them inside an
+    /// inserted prefix): the table agrees with a linear longest-prefix search, and
+    /// host routes added afterwards (as DNS learning does) too.
+    #[test]
+    fn random_prefixes_match_a_linear_search() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mem = table(4096);
+        let mut t = Table::new(&mem);
+        t.clear(1);
+        let mut nets = Vec::new();
+        for i in 0..600u32 {
+            let n = if rng.random_bool(0.6) {
+                let a = std::net::Ipv4Addr::from(rng.random::<u32>() & 0x0fff_ffff);
+                IpNet::new(a.into(), rng.random_range(0..=32))
+                    .unwrap()
+                    .trunc()
+            } else {
+                let a = std::net::Ipv6Addr::from(rng.random::<u128>() >> 12);
+                IpNet::new(a.into(), rng.random_range(0..=128))
+                    .unwrap()
+                    .trunc()
+            };
+            nets.push((n, i));
+        }
+        let nets = sorted(nets);
+        for (n, v) in &nets {
+            t.insert(1, 2, *n, *v).unwrap();
+        }
+        let mut all = nets.clone();
+        for i in 0..50u32 {
+            let h: IpAddr = if i % 2 == 0 {
+                std::net::Ipv4Addr::from(rng.random::<u32>() & 0x0fff_ffff).into()
+            } else {
+                std::net::Ipv6Addr::from(rng.random::<u128>() >> 12).into()
+            };
+            let n = IpNet::from(h);
+            t.insert(1, 2, n, 1000 + i).unwrap();
+            all.retain(|(x, _)| *x != n);
+            all.push((n, 1000 + i));
+        }
+        for _ in 0..20_000 {
+            let addr: IpAddr = if rng.random_bool(0.5) {
+                let (n, _) = all[rng.random_range(0..all.len())];
+                match n {
+                    IpNet::V4(n4) => {
+                        let host = u32::from(n4.network())
+                            | (rng.random::<u32>() & !u32::from(n4.netmask()));
+                        std::net::Ipv4Addr::from(host).into()
+                    }
+                    IpNet::V6(n6) => {
+                        let host = u128::from(n6.network())
+                            | (rng.random::<u128>() & !u128::from(n6.netmask()));
+                        std::net::Ipv6Addr::from(host).into()
+                    }
+                }
+            } else if rng.random_bool(0.5) {
+                std::net::Ipv4Addr::from(rng.random::<u32>() & 0x0fff_ffff).into()
+            } else {
+                std::net::Ipv6Addr::from(rng.random::<u128>() >> 12).into()
+            };
+            assert_eq!(t.lookup(1, 2, addr), longest(&all, addr), "{addr}");
+        }
+        assert!(t.used(1).unwrap() > 0);
+        assert_eq!(t.used(0), None, "slot 0 never built");
+    }
+
+    #[test]
+    fn a_full_slot_says_so_and_clearing_frees_it() {
+        // 16 roots + 2 nodes per slot.
+        let mem = table(20);
+        let mut t = Table::new(&mem);
+        t.clear(0);
+        t.insert(0, 0, "10.1.2.0/24".parse().unwrap(), 1).unwrap();
+        assert_eq!(t.used(0), Some(2));
+        assert_eq!(
+            t.insert(0, 0, "10.2.2.0/24".parse().unwrap(), 2),
+            Err(Full { nodes: 2 })
+        );
+        // Slot 1 has its own half.
+        t.clear(1);
+        t.insert(1, 0, "10.2.2.0/24".parse().unwrap(), 2).unwrap();
+        t.clear(0);
+        assert_eq!(t.lookup(0, 0, "10.1.2.3".parse().unwrap()), None);
+        t.insert(0, 0, "10.2.2.0/24".parse().unwrap(), 3).unwrap();
+        assert_eq!(t.lookup(0, 0, "10.2.2.3".parse().unwrap()), Some(3));
+        assert_eq!(t.lookup(1, 0, "10.2.2.3".parse().unwrap()), Some(2));
+    }
+}
