@@ -121,7 +121,7 @@ pub enum CompileError {
     },
     #[error(
         "the policy needs {needed} distinct port sets, more than the {max} a slot holds; \
-         raise `limits.port_sets` in the config"
+         raise `datapath.port_sets` in the config"
     )]
     TooManySets { needed: usize, max: usize },
     #[error("rule id {id} of {name:?} is out of range 1..{max}")]

@@ -164,6 +164,51 @@ impl Conntrack {
     }
 }
 
+/// Sizes of the datapath's tables. Read when the datapath is first loaded; a restart
+/// that adopts pinned maps keeps their sizes (`tagwall detach`, then `tagwall run`, to
+/// resize).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Datapath {
+    /// Port sets per policy slot: one per distinct combination of protocols and ports
+    /// that overlapping rules give a prefix.
+    pub port_sets: u32,
+    /// Nodes (1 KiB each, both policy slots together) of the multibit table the
+    /// datapath looks prefixes up in. A policy that does not fit half of it is looked
+    /// up in the kernel's LPM tries instead, which costs more per packet (logged).
+    pub lookup_nodes: u32,
+}
+
+impl Default for Datapath {
+    fn default() -> Self {
+        Self {
+            port_sets: tagwall_common::policy::DEFAULT_SETS_PER_SLOT,
+            lookup_nodes: tagwall_common::stride::DEFAULT_LOOKUP_NODES,
+        }
+    }
+}
+
+impl Datapath {
+    fn check(&self) -> Result<(), String> {
+        if self.port_sets == 0 || self.port_sets > 1 << 20 {
+            return Err(format!(
+                "field `datapath.port_sets`: {} is out of range (1 to {})",
+                self.port_sets,
+                1 << 20
+            ));
+        }
+        let min = tagwall_common::stride::ROOTS + 2;
+        if self.lookup_nodes < min || self.lookup_nodes > 1 << 20 {
+            return Err(format!(
+                "field `datapath.lookup_nodes`: {} is out of range ({min} to {})",
+                self.lookup_nodes,
+                1 << 20
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A user rule as written in the file. Destinations are any mix of CIDRs (`to`),
 /// service tags (`service_tags`, resolved against the Service Tags file) and host
 /// names (`fqdns`, exact or `*.suffix`, resolved by DNS).
@@ -246,6 +291,7 @@ pub struct Config {
     pub outbound_dependencies: Vec<PathBuf>,
     pub management: Management,
     pub conntrack: Conntrack,
+    pub datapath: Datapath,
     pub azureml: Option<AzureMl>,
     pub rules: Vec<UserRule>,
     /// Host-name enforcement: resolver and/or DNS proxy (see `crate::dns::config`).
@@ -426,6 +472,7 @@ impl Config {
             }
         }
         cfg.conntrack.check().map_err(invalid)?;
+        cfg.datapath.check().map_err(invalid)?;
         for net in &cfg.internal_prefixes {
             if net.trunc() != *net {
                 return Err(invalid(format!(
@@ -598,6 +645,27 @@ protocol = "icmp"
             rules.iter().map(|r| r.id).collect::<Vec<_>>(),
             [1, 2, 3, 4, 5, 6]
         );
+    }
+
+    #[test]
+    fn datapath_sizes_parse_and_are_range_checked() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.datapath, Datapath::default());
+        let c = Config::parse(
+            "[datapath]\nport_sets = 100\nlookup_nodes = 4096\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!((c.datapath.port_sets, c.datapath.lookup_nodes), (100, 4096));
+        let e = err("[datapath]\nlookup_nodes = 3\n");
+        assert!(
+            e.contains("datapath.lookup_nodes") && e.contains("18 to"),
+            "{e}"
+        );
+        let e = err("[datapath]\nport_sets = 0\n");
+        assert!(e.contains("datapath.port_sets"), "{e}");
+        let e = err("[datapath]\nlookup = 3\n");
+        assert!(e.contains("lookup"), "{e}");
     }
 
     #[test]

@@ -103,12 +103,13 @@ pub enum DataplaneError {
     },
     #[error(
         "the policy needs {needed} port sets but each slot of PORT_SETS holds {have}; \
-         restart with a larger `limits.port_sets`"
+         raise `datapath.port_sets`, then `tagwall detach` and `tagwall run` (pinned \
+         tables keep their size across restarts)"
     )]
     SetsFull { needed: usize, have: u32 },
     #[error(
-        "no room for {addr} in the lookup table ({source}); restart with a larger \
-         `datapath.lookup_nodes`"
+        "no room for {addr} in the lookup table ({source}); raise \
+         `datapath.lookup_nodes`, then `tagwall detach` and `tagwall run`"
     )]
     LookupFull {
         addr: std::net::IpAddr,
@@ -414,12 +415,33 @@ impl Dataplane {
             jump.set(0, fd, 0).map_err(map_err(name))?;
         }
         let (mapping, entries) = map_lookup(&ebpf)?;
+        // Pinned maps from an earlier run keep their size, whatever `opts` asks for.
+        let sets_per_slot = match ebpf.map(names::MAP_PORT_SETS) {
+            Some(Map::Array(d)) => {
+                d.info()
+                    .map_err(map_err(names::MAP_PORT_SETS))?
+                    .max_entries()
+                    / 2
+            }
+            _ => {
+                return Err(DataplaneError::MissingMap {
+                    name: names::MAP_PORT_SETS,
+                });
+            }
+        };
+        if sets_per_slot != opts.sets_per_slot {
+            tracing::warn!(
+                pinned = sets_per_slot,
+                asked = opts.sets_per_slot,
+                "the pinned PORT_SETS keeps its size; `tagwall detach` first to resize it"
+            );
+        }
         Ok(Self {
             table: stride::Table::new(entries),
             _mapping: mapping,
             ebpf,
             logger,
-            sets_per_slot: opts.sets_per_slot,
+            sets_per_slot,
             pin_dir: opts.pin_dir.clone(),
             links: Vec::new(),
         })

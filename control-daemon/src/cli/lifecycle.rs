@@ -5,11 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use super::Location;
-use crate::{
-    dataplane::{LoadOptions, remove_pins},
-    netif,
-    state::PolicyState,
-};
+use crate::{dataplane::remove_pins, netif, state::PolicyState};
 
 #[derive(clap::Args, Debug)]
 pub struct ReloadArgs {
@@ -77,7 +73,6 @@ pub fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
         state.tags.as_deref(),
         &state.tags_dir,
         &addrs,
-        LoadOptions::default().sets_per_slot as usize,
     )
     .with_context(|| {
         format!(

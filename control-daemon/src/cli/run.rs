@@ -80,10 +80,9 @@ pub fn prepare(
     tags: Option<&std::path::Path>,
     tags_dir: &std::path::Path,
     addrs: &[std::net::IpAddr],
-    sets_per_slot: usize,
 ) -> anyhow::Result<Prepared> {
     let (config, effective) = super::policy::load(policy, tags, tags_dir, addrs)?;
-    let compiled = compile(&effective.rules, sets_per_slot)
+    let compiled = compile(&effective.rules, config.datapath.port_sets as usize)
         .with_context(|| format!("compiling {}", policy.display()))?;
     let settings = Settings {
         audit: config.audit,
@@ -119,14 +118,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for i in &ifaces {
         addrs.extend(netif::addresses(i).with_context(|| format!("reading addresses of {i}"))?);
     }
-    let opts0 = LoadOptions::default();
-    let prepared = prepare(
-        &args.policy,
-        args.tags.as_deref(),
-        &args.tags_dir,
-        &addrs,
-        opts0.sets_per_slot as usize,
-    )?;
+    let prepared = prepare(&args.policy, args.tags.as_deref(), &args.tags_dir, &addrs)?;
     let dns_mode = prepared
         .config
         .dns
@@ -150,7 +142,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         log_level: args.datapath_log,
         ct_max_entries: prepared.config.conntrack.max_entries,
         top_denied_entries: prepared.config.reports.top_denied_entries,
-        ..opts0
+        sets_per_slot: prepared.config.datapath.port_sets,
+        lookup_nodes: prepared.config.datapath.lookup_nodes,
+        ..LoadOptions::default()
     };
     ensure_bpffs(&args.loc.bpffs).map_err(anyhow::Error::msg)?;
     let dp = Dataplane::load(&opts)?;
@@ -339,14 +333,7 @@ fn reload(
     obs: &Observability,
 ) -> Option<(Vec<FqdnRule>, crate::dns::DnsConfig)> {
     let t0 = Instant::now();
-    let res = prepare(
-        &args.policy,
-        args.tags.as_deref(),
-        &args.tags_dir,
-        addrs,
-        LoadOptions::default().sets_per_slot as usize,
-    )
-    .and_then(|p| {
+    let res = prepare(&args.policy, args.tags.as_deref(), &args.tags_dir, addrs).and_then(|p| {
         let same_names = p.effective.fqdns == fqdns;
         let stats = enforcer.replace(p.effective.rules.clone(), p.settings.clone(), same_names)?;
         Ok((p, stats, same_names))

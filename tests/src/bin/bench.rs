@@ -55,6 +55,9 @@ struct Row {
     packet: String,
     ns: f64,
     floor_ns: f64,
+    /// Median of the per-run ratios program / floor (each pair measured back to
+    /// back, so slow drifts of the machine cancel out).
+    ratio: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -62,27 +65,65 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median per-packet nanoseconds of `runs` test runs of `repeat` packets each.
+/// Per-packet nanoseconds of one test run of `repeat` packets.
 fn measure<P>(prog: &P, frame: &[u8], expect: u32, o: &Opts) -> anyhow::Result<f64>
 where
     P: TestRun<Result = TestRunResult> + for<'a> TestRun<Opts<'a> = TestRunOptions<'a>>,
 {
-    let mut v = Vec::with_capacity(o.runs);
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        repeat: o.repeat,
+        ..TestRunOptions::default()
+    })?;
+    anyhow::ensure!(
+        r.return_value == expect,
+        "program returned {} where {expect} was expected: the benchmark packet is wrong",
+        r.return_value
+    );
+    // The kernel reports the mean duration of one repetition.
+    Ok(r.duration.as_nanos() as f64)
+}
+
+/// Which tagwall program a row measures, against the floor of its type.
+#[derive(Clone, Copy)]
+enum Hook {
+    Xdp,
+    TcEgress,
+}
+
+/// `runs` pairs of (floor run, program run), back to back: the medians of the floor
+/// and program times and of the per-pair ratios.
+fn measure_pair(
+    dp: &mut Dataplane,
+    hook: Hook,
+    frame: &[u8],
+    expect_xdp: u32,
+    o: &Opts,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let (mut progs, mut floors, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.runs {
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat: o.repeat,
-            ..TestRunOptions::default()
-        })?;
-        anyhow::ensure!(
-            r.return_value == expect,
-            "program returned {} where {expect} was expected: the benchmark packet is wrong",
-            r.return_value
-        );
-        // The kernel reports the mean duration of one repetition.
-        v.push(r.duration.as_nanos() as f64);
+        let (floor, prog) = match hook {
+            Hook::Xdp => (
+                measure(dp.floor()?, frame, XDP_PASS, o)?,
+                measure(dp.xdp(), frame, expect_xdp, o)?,
+            ),
+            Hook::TcEgress => {
+                let want = if expect_xdp == XDP_PASS {
+                    TC_ACT_OK
+                } else {
+                    TC_ACT_SHOT
+                };
+                (
+                    measure(dp.tc_floor()?, frame, TC_ACT_OK, o)?,
+                    measure(dp.tc(tagwall_common::names::PROG_TC_EGRESS), frame, want, o)?,
+                )
+            }
+        };
+        progs.push(prog);
+        floors.push(floor);
+        ratios.push(prog / floor);
     }
-    Ok(median(v))
+    Ok((median(progs), median(floors), median(ratios)))
 }
 
 fn rule(id: u32, name: &str, prefixes: Vec<IpNet>, ports: &[u16]) -> Rule {
@@ -180,6 +221,8 @@ struct Control {
     /// Median time of applying the policy again (write the inactive slot, switch,
     /// clear the old one), as a reload does after compiling.
     reswitch: Duration,
+    /// Multibit-trie nodes the policy uses; `None`: it fell back to the LPM tries.
+    lookup_nodes: Option<u32>,
 }
 
 fn bench_case(
@@ -200,7 +243,7 @@ fn bench_case(
     };
     let mut dp = Dataplane::load(&opts)?;
     let t = Instant::now();
-    dp.apply(&policy, &Settings::stateless(false))?;
+    let applied = dp.apply(&policy, &Settings::stateless(false))?;
     let load_t = t.elapsed();
     let mut switches = Vec::new();
     for _ in 0..5 {
@@ -216,10 +259,12 @@ fn bench_case(
         compile: compile_t,
         load: load_t,
         reswitch: Duration::from_secs_f64(median(switches)),
+        lookup_nodes: applied.lookup_nodes,
     });
-    let mut row = |mode: &'static str, label: &str, ns: f64, floor_ns: f64| {
+    let mut row = |mode: &'static str, label: &str, (ns, floor_ns, ratio): (f64, f64, f64)| {
         eprintln!(
-            "bench: {:<28} {mode:<14} {label:<16} {ns:>7.1} ns  floor {floor_ns:>6.1} ns",
+            "bench: {:<28} {mode:<14} {label:<16} {ns:>7.1} ns  floor {floor_ns:>6.1} ns  \
+             {ratio:.2}x",
             case.name
         );
         rows.push(Row {
@@ -228,13 +273,12 @@ fn bench_case(
             packet: label.to_owned(),
             ns,
             floor_ns,
+            ratio,
         });
     };
     for (label, frame, expect) in &case.frames {
-        // Interleave floor and program so drifts affect both alike.
-        let floor_ns = measure(dp.floor()?, frame, XDP_PASS, o)?;
-        let ns = measure(dp.xdp(), frame, *expect, o)?;
-        row("XDP stateless", label, ns, floor_ns);
+        let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
+        row("XDP stateless", label, m);
     }
     // Connection tracking on (the default): a repeated allowed packet is a tracked
     // flow after the first; a denied one looks the flow table up, then the policy.
@@ -244,19 +288,12 @@ fn bench_case(
     };
     dp.apply(&policy, &tracked)?;
     for (label, frame, expect) in &case.frames {
-        let floor_ns = measure(dp.floor()?, frame, XDP_PASS, o)?;
-        let ns = measure(dp.xdp(), frame, *expect, o)?;
-        row("XDP conntrack", label, ns, floor_ns);
+        let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
+        row("XDP conntrack", label, m);
     }
     for (label, frame, expect) in &case.frames {
-        let want = if *expect == XDP_PASS {
-            TC_ACT_OK
-        } else {
-            TC_ACT_SHOT
-        };
-        let floor_ns = measure(dp.tc_floor()?, frame, TC_ACT_OK, o)?;
-        let ns = measure(dp.tc(tagwall_common::names::PROG_TC_EGRESS), frame, want, o)?;
-        row("TC conntrack", label, ns, floor_ns);
+        let m = measure_pair(&mut dp, Hook::TcEgress, frame, *expect, o)?;
+        row("TC conntrack", label, m);
     }
     Ok(())
 }
@@ -328,9 +365,11 @@ fn report(rows: &[Row], control: &[Control], o: &Opts, cmd: &str) -> String {
     let _ = writeln!(s, "Machine: {}  ", machine());
     let _ = writeln!(
         s,
-        "Method: BPF_PROG_TEST_RUN, repeat {} per run, median of {} runs; the floor is a \
-         program of the same type that only passes (XDP_PASS / TC_ACT_OK), measured on the \
-         same packet in the same run, interleaved. Ratio = tagwall / floor. \"stateless\": \
+        "Method: BPF_PROG_TEST_RUN, repeat {} per run, {} runs; the floor is a program of \
+         the same type that only passes (XDP_PASS / TC_ACT_OK), run on the same packet \
+         right before each tagwall run. ns columns: medians of the runs; ratio: median of \
+         the per-run ratios tagwall / floor (pairs measured back to back, so the machine's \
+         slow drifts cancel out). \"stateless\": \
          connection tracking off; \"conntrack\": on (the default), so a repeated allowed \
          packet is a tracked flow after the first.\n",
         o.repeat, o.runs
@@ -345,12 +384,7 @@ fn report(rows: &[Row], control: &[Control], o: &Opts, cmd: &str) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {:.1} | {:.1} | {:.2}x |",
-            r.case,
-            r.mode,
-            r.packet,
-            r.ns,
-            r.floor_ns,
-            r.ns / r.floor_ns
+            r.case, r.mode, r.packet, r.ns, r.floor_ns, r.ratio
         );
     }
     let _ = writeln!(s, "\n### Targets (worst packet of the policy)\n");
@@ -359,7 +393,7 @@ fn report(rows: &[Row], control: &[Control], o: &Opts, cmd: &str) -> String {
             let worst = rows
                 .iter()
                 .filter(|r| r.case.starts_with(prefix) && r.mode == mode)
-                .map(|r| r.ns / r.floor_ns)
+                .map(|r| r.ratio)
                 .fold(0.0f64, f64::max);
             let verdict = if worst <= target { "met" } else { "MISSED" };
             let _ = writeln!(
@@ -371,18 +405,22 @@ fn report(rows: &[Row], control: &[Control], o: &Opts, cmd: &str) -> String {
     let _ = writeln!(s, "\n## Control plane\n");
     let _ = writeln!(
         s,
-        "| policy | rules | prefixes in | LPM entries (flattened) | compile | map load | \
-         reload (compile + switch) |"
+        "| policy | rules | prefixes in | entries (flattened) | lookup structure | compile | \
+         map load | reload (compile + switch) |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---|---:|---:|---:|");
     for c in control {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            "| {} | {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
             c.case,
             c.rules,
             c.prefixes_in,
             c.entries,
+            match c.lookup_nodes {
+                Some(n) => format!("multibit trie, {n} nodes ({} KiB)", n),
+                None => "LPM tries (did not fit the default lookup table)".to_owned(),
+            },
             c.compile.as_secs_f64() * 1e3,
             c.load.as_secs_f64() * 1e3,
             (c.compile + c.reswitch).as_secs_f64() * 1e3
