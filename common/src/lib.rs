@@ -61,7 +61,6 @@ mod pod {
         ct::{CtKey, CtTimeouts, CtValue},
         policy::{Config, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortRule, PortSet},
         reports::{DenyEvent, ReportConfig, TokenBucket, TopKey, TopValue},
-        stride::Node,
     };
 
     // SAFETY: all of these are #[repr(C)] structs made only of integers and integer
@@ -81,5 +80,4 @@ mod pod {
     unsafe impl aya::Pod for DenyEvent {}
     unsafe impl aya::Pod for TopKey {}
     unsafe impl aya::Pod for TopValue {}
-    unsafe impl aya::Pod for Node {}
 }

@@ -1,7 +1,8 @@
 //! The multibit trie the datapath looks prefixes up in (stride 8, leaf-pushed), kept
-//! in one array map of 256-entry nodes (`LOOKUP`). A lookup reads one entry per byte
-//! of the address, each an inlined array access: at most 4 reads for IPv4 and 16 for
-//! IPv6, against a kernel LPM-trie walk that costs a node visit per branching bit.
+//! as 256-entry nodes in the one value of an array map (`LOOKUP`, [`Table`]). A
+//! lookup reads one entry per byte of the address, a masked index into that value
+//! (no map lookup per step): at most 4 reads for IPv4 and 16 for IPv6, against a
+//! kernel LPM-trie walk that costs a node visit per branching bit.
 //! A slot whose policy does not fit the table falls back to the LPM tries
 //! ([`crate::policy::CONFIG_F_LPM_FALLBACK`]).
 //!
@@ -21,20 +22,20 @@ pub const FANOUT: usize = 256;
 pub const CHILD: u32 = 0x8000_0000;
 /// Root nodes: 2 slots x 4 key directions x 2 families.
 pub const ROOTS: u32 = 16;
-/// Default size of `LOOKUP` in nodes (1 KiB each), roots included.
-pub const DEFAULT_LOOKUP_NODES: u32 = 16384;
+/// Size of `LOOKUP` in nodes (1 KiB each), roots included: fixed in the object (a
+/// map's value size cannot change at load time). Userspace may use fewer.
+pub const LOOKUP_NODES: u32 = 16384;
+/// Entries of the table; a power of two, so a masked index is always in bounds.
+pub const LOOKUP_ENTRIES: usize = LOOKUP_NODES as usize * FANOUT;
 
-/// One node: the entries for the 256 values of one address byte.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Node {
-    pub e: [u32; FANOUT],
-}
+/// The value of `LOOKUP[0]`: every node, node `n` at entries `n * 256 ..`.
+pub type Table = [u32; LOOKUP_ENTRIES];
 
-impl Default for Node {
-    fn default() -> Self {
-        Self { e: [0; FANOUT] }
-    }
+/// The index of entry `byte` of `node` (masked: in bounds for any input).
+#[inline(always)]
+#[must_use]
+pub const fn index(node: u32, byte: u8) -> usize {
+    (((node as usize) << 8) | byte as usize) & (LOOKUP_ENTRIES - 1)
 }
 
 /// The root node of `slot`'s table for key direction `dir` (`DIR_*`/`KEY_DIR_*`)

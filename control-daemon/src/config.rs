@@ -173,17 +173,12 @@ pub struct Datapath {
     /// Port sets per policy slot: one per distinct combination of protocols and ports
     /// that overlapping rules give a prefix.
     pub port_sets: u32,
-    /// Nodes (1 KiB each, both policy slots together) of the multibit table the
-    /// datapath looks prefixes up in. A policy that does not fit half of it is looked
-    /// up in the kernel's LPM tries instead, which costs more per packet (logged).
-    pub lookup_nodes: u32,
 }
 
 impl Default for Datapath {
     fn default() -> Self {
         Self {
             port_sets: tagwall_common::policy::DEFAULT_SETS_PER_SLOT,
-            lookup_nodes: tagwall_common::stride::DEFAULT_LOOKUP_NODES,
         }
     }
 }
@@ -194,14 +189,6 @@ impl Datapath {
             return Err(format!(
                 "field `datapath.port_sets`: {} is out of range (1 to {})",
                 self.port_sets,
-                1 << 20
-            ));
-        }
-        let min = tagwall_common::stride::ROOTS + 2;
-        if self.lookup_nodes < min || self.lookup_nodes > 1 << 20 {
-            return Err(format!(
-                "field `datapath.lookup_nodes`: {} is out of range ({min} to {})",
-                self.lookup_nodes,
                 1 << 20
             ));
         }
@@ -652,14 +639,14 @@ protocol = "icmp"
         let c = Config::parse("", "t.toml").unwrap();
         assert_eq!(c.datapath, Datapath::default());
         let c = Config::parse(
-            "[datapath]\nport_sets = 100\nlookup_nodes = 4096\n",
+            "[datapath]\nport_sets = 100\n",
             "t.toml",
         )
         .unwrap();
-        assert_eq!((c.datapath.port_sets, c.datapath.lookup_nodes), (100, 4096));
-        let e = err("[datapath]\nlookup_nodes = 3\n");
+        assert_eq!(c.datapath.port_sets, 100);
+        let e = err("[datapath]\nport_sets = 2000000\n");
         assert!(
-            e.contains("datapath.lookup_nodes") && e.contains("18 to"),
+            e.contains("datapath.port_sets") && e.contains("1 to"),
             "{e}"
         );
         let e = err("[datapath]\nport_sets = 0\n");

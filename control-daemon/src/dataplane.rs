@@ -108,8 +108,8 @@ pub enum DataplaneError {
     )]
     SetsFull { needed: usize, have: u32 },
     #[error(
-        "no room for {addr} in the lookup table ({source}); raise \
-         `datapath.lookup_nodes`, then `tagwall detach` and `tagwall run`"
+        "no room for {addr} in the active slot's lookup table ({source}); applying the \
+         policy again moves it to the LPM tries"
     )]
     LookupFull {
         addr: std::net::IpAddr,
@@ -178,8 +178,9 @@ pub struct LoadOptions {
     pub log_level: u8,
     /// Capacity of the top-denied table (LRU).
     pub top_denied_entries: u32,
-    /// Size of the multibit trie (`LOOKUP`) in 1 KiB nodes; a policy that does not
-    /// fit half of it (one slot) is looked up in the LPM tries instead.
+    /// Nodes of the multibit trie (`LOOKUP`, 1 KiB each) to use, at most
+    /// `LOOKUP_NODES`; a policy that does not fit half of them (one slot) is looked up
+    /// in the LPM tries instead. Fewer only to test that fallback.
     pub lookup_nodes: u32,
 }
 
@@ -192,7 +193,7 @@ impl Default for LoadOptions {
             ct_max_entries: DEFAULT_CT_MAX_ENTRIES,
             log_level: 0,
             top_denied_entries: tagwall_common::reports::DEFAULT_TOP_DENIED_ENTRIES,
-            lookup_nodes: tagwall_common::stride::DEFAULT_LOOKUP_NODES,
+            lookup_nodes: tagwall_common::stride::LOOKUP_NODES,
         }
     }
 }
@@ -273,8 +274,8 @@ fn map_lookup(ebpf: &Ebpf) -> Result<(Mapping, &'static [std::sync::atomic::Atom
         return Err(DataplaneError::MissingMap { name });
     };
     let info = data.info().map_err(map_err(name))?;
-    let entries = info.max_entries() as usize * tagwall_common::stride::FANOUT;
-    let len = entries * std::mem::size_of::<u32>();
+    let len = info.max_entries() as usize * info.value_size() as usize;
+    let entries = len / std::mem::size_of::<u32>();
     let fd = data.fd().as_fd().as_raw_fd();
     // SAFETY: a fresh shared mapping of the map's fd; the kernel checks the length
     // against the map (created with BPF_F_MMAPABLE).
@@ -381,10 +382,6 @@ impl Dataplane {
             .map_max_entries(names::MAP_PORT_SETS, 2 * opts.sets_per_slot)
             .map_max_entries(names::MAP_CONNTRACK, opts.ct_max_entries)
             .map_max_entries(names::MAP_TOP_DENIED, opts.top_denied_entries.max(1))
-            .map_max_entries(
-                names::MAP_LOOKUP,
-                opts.lookup_nodes.max(tagwall_common::stride::ROOTS + 2),
-            )
             .override_global(aya_log::LEVEL, &opts.log_level, false);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
@@ -415,6 +412,11 @@ impl Dataplane {
             jump.set(0, fd, 0).map_err(map_err(name))?;
         }
         let (mapping, entries) = map_lookup(&ebpf)?;
+        let use_nodes = opts.lookup_nodes.clamp(
+            tagwall_common::stride::ROOTS + 2,
+            tagwall_common::stride::LOOKUP_NODES,
+        ) as usize;
+        let entries = &entries[..entries.len().min(use_nodes * tagwall_common::stride::FANOUT)];
         // Pinned maps from an earlier run keep their size, whatever `opts` asks for.
         let sets_per_slot = match ebpf.map(names::MAP_PORT_SETS) {
             Some(Map::Array(d)) => {
@@ -789,7 +791,7 @@ impl Dataplane {
         tracing::warn!(
             prefixes = entries.len(),
             "the policy does not fit the lookup table ({e}): using the kernel's LPM tries \
-             for it, which cost more per packet; raise `datapath.lookup_nodes` to avoid this"
+             for it, which cost more per packet"
         );
         self.table.clear(slot);
         for (dir, net, set) in entries {

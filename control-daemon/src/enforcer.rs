@@ -127,7 +127,15 @@ impl Inner {
                 self.extra_sets.insert(set, i);
                 i
             };
-            self.dp.put_active_host(dir, addr, index)?;
+            match self.dp.put_active_host(dir, addr, index) {
+                // The active slot's lookup table is full: compile afresh; `apply`
+                // moves a policy that does not fit to the LPM tries.
+                Err(DataplaneError::LookupFull { .. }) => {
+                    self.rebuild()?;
+                    return Ok(());
+                }
+                r => r?,
+            }
         }
         Ok(())
     }

@@ -44,7 +44,7 @@ mod prog {
             EVENT_STATS_LEN, EVENTS_RING_BYTES, REPORT_F_EVENTS, REPORT_F_TOP, ReportConfig,
             TokenBucket, TopKey, TopValue,
         },
-        stride::{CHILD, DEFAULT_LOOKUP_NODES, Node, root},
+        stride::{CHILD, Table, index, root},
         verdict::{
             REASON_ALLOWED, REASON_ESTABLISHED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED,
             REASON_NO_MATCH, REASON_NON_IP, REASON_PORT, is_drop,
@@ -62,7 +62,7 @@ mod prog {
     /// The policy prefixes as a multibit trie (`tagwall_common::stride`); userspace
     /// writes it through a shared mapping.
     #[map]
-    static LOOKUP: Array<Node> = Array::with_max_entries(DEFAULT_LOOKUP_NODES, BPF_F_MMAPABLE);
+    static LOOKUP: Array<Table> = Array::with_max_entries(1, BPF_F_MMAPABLE);
     #[map]
     static PORT_SETS: Array<PortSet> = Array::with_max_entries(2 * DEFAULT_SETS_PER_SLOT, 0);
     #[map]
@@ -499,11 +499,8 @@ mod prog {
 
     /// One step of a multibit-trie walk: `Ok(next node)` or `Err(result entry)`.
     #[inline(always)]
-    fn step(node: u32, byte: u8) -> Result<u32, u32> {
-        let Some(n) = LOOKUP.get(node) else {
-            return Err(0);
-        };
-        let e = n.e[byte as usize];
+    fn step(t: &Table, node: u32, byte: u8) -> Result<u32, u32> {
+        let e = t[index(node, byte)];
         if e & CHILD == 0 {
             Err(e)
         } else {
@@ -515,10 +512,13 @@ mod prog {
     /// index + 1). One subprogram, so the verifier walks it once per call site.
     #[inline(never)]
     fn stride_find(addr: &[u32; 4], v6: u8, slot: u8, dir: u8) -> u32 {
+        let Some(t) = LOOKUP.get(0) else {
+            return 0;
+        };
         let mut node = root(slot, dir, v6);
         if v6 == 0 {
             for b in addr[3].to_ne_bytes() {
-                match step(node, b) {
+                match step(t, node, b) {
                     Ok(n) => node = n,
                     Err(e) => return e,
                 }
@@ -527,7 +527,7 @@ mod prog {
         }
         for w in addr {
             for b in w.to_ne_bytes() {
-                match step(node, b) {
+                match step(t, node, b) {
                     Ok(n) => node = n,
                     Err(e) => return e,
                 }

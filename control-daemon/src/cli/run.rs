@@ -143,7 +143,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ct_max_entries: prepared.config.conntrack.max_entries,
         top_denied_entries: prepared.config.reports.top_denied_entries,
         sets_per_slot: prepared.config.datapath.port_sets,
-        lookup_nodes: prepared.config.datapath.lookup_nodes,
         ..LoadOptions::default()
     };
     ensure_bpffs(&args.loc.bpffs).map_err(anyhow::Error::msg)?;
