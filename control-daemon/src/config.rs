@@ -638,11 +638,7 @@ protocol = "icmp"
     fn datapath_sizes_parse_and_are_range_checked() {
         let c = Config::parse("", "t.toml").unwrap();
         assert_eq!(c.datapath, Datapath::default());
-        let c = Config::parse(
-            "[datapath]\nport_sets = 100\n",
-            "t.toml",
-        )
-        .unwrap();
+        let c = Config::parse("[datapath]\nport_sets = 100\n", "t.toml").unwrap();
         assert_eq!(c.datapath.port_sets, 100);
         let e = err("[datapath]\nport_sets = 2000000\n");
         assert!(

@@ -416,7 +416,9 @@ impl Dataplane {
             tagwall_common::stride::ROOTS + 2,
             tagwall_common::stride::LOOKUP_NODES,
         ) as usize;
-        let entries = &entries[..entries.len().min(use_nodes * tagwall_common::stride::FANOUT)];
+        let entries = &entries[..entries
+            .len()
+            .min(use_nodes * tagwall_common::stride::FANOUT)];
         // Pinned maps from an earlier run keep their size, whatever `opts` asks for.
         let sets_per_slot = match ebpf.map(names::MAP_PORT_SETS) {
             Some(Map::Array(d)) => {
@@ -802,6 +804,38 @@ impl Dataplane {
             self.insert_prefix(slot, *dir, *net, value)?;
         }
         Ok(None)
+    }
+
+    /// Unlink (`false`) or relink (`true`) the stage-2 programs from the tail-call
+    /// tables. Unlinked, a packet that stage 1 parses ends there as `internal`: the
+    /// benchmark measures what parsing alone costs that way. Never on a live
+    /// datapath.
+    ///
+    /// # Errors
+    /// Map errors.
+    pub fn link_second_stage(&mut self, on: bool) -> Result<()> {
+        for (map_name, prog_name) in [
+            (names::MAP_JUMP_XDP, names::PROG_XDP_DECIDE),
+            (names::MAP_JUMP_TC, names::PROG_TC_DECIDE),
+        ] {
+            let fd = self
+                .ebpf
+                .program(prog_name)
+                .ok_or(DataplaneError::MissingProgram { name: prog_name })?
+                .fd()
+                .map_err(verifier(prog_name))?
+                .try_clone()
+                .map_err(DataplaneError::ProgFd)?;
+            let map = self.map_mut(map_name)?;
+            let mut jump: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(map).map_err(map_err(map_name))?;
+            if on {
+                jump.set(0, &fd, 0).map_err(map_err(map_name))?;
+            } else {
+                jump.clear_index(&0).map_err(map_err(map_name))?;
+            }
+        }
+        Ok(())
     }
 
     /// The active policy slot and the first `PORT_SETS` index of it.

@@ -84,6 +84,9 @@ where
     Ok(r.duration.as_nanos() as f64)
 }
 
+/// Mode of the rows that measure stage 1 (parsing) alone.
+const STAGE1: &str = "XDP stage 1 only";
+
 /// Which tagwall program a row measures, against the floor of its type.
 #[derive(Clone, Copy)]
 enum Hook {
@@ -280,6 +283,14 @@ fn bench_case(
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
         row("XDP stateless", label, m);
     }
+    // Stage 1 alone (the tail call finds no stage 2, the packet drops as `internal`):
+    // what parsing costs, so the rest of a stateless row is the policy decision.
+    dp.link_second_stage(false)?;
+    for (label, frame, _) in &case.frames {
+        let m = measure_pair(&mut dp, Hook::Xdp, frame, XDP_DROP, o)?;
+        row(STAGE1, label, m);
+    }
+    dp.link_second_stage(true)?;
     // Connection tracking on (the default): a repeated allowed packet is a tracked
     // flow after the first; a denied one looks the flow table up, then the policy.
     let tracked = Settings {
@@ -386,6 +397,35 @@ fn report(rows: &[Row], control: &[Control], o: &Opts, cmd: &str) -> String {
             "| {} | {} | {} | {:.1} | {:.1} | {:.2}x |",
             r.case, r.mode, r.packet, r.ns, r.floor_ns, r.ratio
         );
+    }
+    let _ = writeln!(s, "\n### Where the time goes (XDP, stateless)\n");
+    let _ = writeln!(
+        s,
+        "From the rows above: *parse* = stage 1 alone minus its floor (Ethernet, VLAN, \
+         IP and L4 headers, the facts written for stage 2, the tail call); *decide* = the \
+         whole stateless packet minus stage 1 alone (policy lookup, port set, counters).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| policy | packet | floor ns | parse ns | decide ns | total ns |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
+    for full in rows.iter().filter(|r| r.mode == "XDP stateless") {
+        if let Some(s1) = rows
+            .iter()
+            .find(|r| r.mode == STAGE1 && r.case == full.case && r.packet == full.packet)
+        {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                full.case,
+                full.packet,
+                s1.floor_ns,
+                s1.ns - s1.floor_ns,
+                full.ns - s1.ns,
+                full.ns
+            );
+        }
     }
     let _ = writeln!(s, "\n### Targets (worst packet of the policy)\n");
     for (prefix, target) in [("AML default", 2.0), ("full Public tags", 4.0)] {
