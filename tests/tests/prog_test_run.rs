@@ -783,3 +783,58 @@ fn local_host_added_later_is_looked_up() {
     );
     assert_eq!(h.run(&tcp4(target, 23)).reason, REASON_PORT);
 }
+
+/// A DNS-learned host that does not fit the active slot's lookup table (here: one
+/// node per slot, which the compiled policy already uses) makes the enforcer apply
+/// the policy again with the host compiled in; the new slot falls back to the LPM
+/// tries, and the learned address is allowed all the same.
+#[test]
+fn learned_host_that_does_not_fit_falls_back_to_the_lpm_tries() {
+    use aya::programs::{TestRun, TestRunOptions};
+    use tagwall::{
+        dataplane::{Dataplane, LoadOptions, Settings},
+        dns::sink::AddressSink,
+        enforcer::Enforcer,
+    };
+    tagwall_tests::netns::require_root();
+    let opts = LoadOptions {
+        lookup_nodes: tagwall_common::stride::ROOTS + 2,
+        ..LoadOptions::default()
+    };
+    let dp = Dataplane::load(&opts).expect("load");
+    let rules = vec![
+        rule(1, "net", &["10.1.0.0/16"], Proto::TCP, &["80"]),
+        // A host-name rule: no prefixes until DNS learns one.
+        rule(2, "by-name", &[], Proto::TCP, &["443"]),
+    ];
+    let (enforcer, first) = Enforcer::new(dp, rules, Settings::stateless(false)).expect("enforcer");
+    assert_eq!(
+        first.lookup_nodes,
+        Some(1),
+        "the /16 takes the slot's one node"
+    );
+    let host = Ipv4Addr::new(198, 51, 100, 9);
+    let verdict = |e: &Enforcer, dst: Ipv4Addr, port: u16| {
+        let frame = tcp4(dst, port);
+        let mut dp = e.dataplane_mut();
+        dp.xdp()
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ..TestRunOptions::default()
+            })
+            .expect("test run")
+            .return_value
+    };
+    assert_eq!(verdict(&enforcer, host, 443), XDP_DROP, "not learned yet");
+    enforcer.allow(host.into(), &[2]).expect("learn");
+    let after = enforcer.last();
+    assert_eq!(after.lookup_nodes, None, "re-applied in the LPM tries");
+    assert!(after.generation > first.generation);
+    assert_eq!(
+        verdict(&enforcer, host, 443),
+        XDP_PASS,
+        "learned host allowed"
+    );
+    assert_eq!(verdict(&enforcer, host, 80), XDP_DROP);
+    assert_eq!(verdict(&enforcer, Ipv4Addr::new(10, 1, 2, 3), 80), XDP_PASS);
+}

@@ -871,6 +871,9 @@ fn measure(
 struct Memory {
     maps: Vec<(String, String, u64)>,
     rss_kib: u64,
+    /// The part of VmRSS that is the process's own anonymous memory (the rest is
+    /// mapped files and shared memory, e.g. the mmapped `LOOKUP` map).
+    anon_kib: u64,
 }
 
 fn json(c: &mut Command) -> anyhow::Result<serde_json::Value> {
@@ -969,13 +972,19 @@ fn memory(t: &Topo) -> anyhow::Result<Memory> {
         .map(std::process::Child::id)
         .context("no daemon")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS")?;
-    Ok(Memory { maps, rss_kib })
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| name.to_owned())
+    };
+    Ok(Memory {
+        maps,
+        rss_kib: field("VmRSS:")?,
+        anon_kib: field("RssAnon:")?,
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -1221,30 +1230,38 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "| policy | rules | LPM entries | maps (bpftool bytes_memlock) | of which LPM tries | daemon VmRSS |"
+        "| policy | rules | prefix entries | maps (bpftool bytes_memlock) | of which prefix \
+         tables (LOOKUP + LPM tries) | daemon VmRSS | of which RssAnon |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     for (pi, m) in mem {
         let p = &pols[*pi];
         let total: u64 = m.maps.iter().map(|x| x.2).sum();
         let lpm: u64 = m
             .maps
             .iter()
-            .filter(|x| x.1 == "lpm_trie")
+            .filter(|x| x.1 == "lpm_trie" || x.0 == tagwall_common::names::MAP_LOOKUP)
             .map(|x| x.2)
             .sum();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.1} KiB ({} maps) | {:.1} KiB | {:.1} MiB |",
+            "| {} | {} | {} | {:.1} KiB ({} maps) | {:.1} KiB | {:.1} MiB | {:.1} MiB |",
             p.name,
             p.rules,
             p.compiled.prefixes(),
             total as f64 / 1024.0,
             m.maps.len(),
             lpm as f64 / 1024.0,
-            m.rss_kib as f64 / 1024.0
+            m.rss_kib as f64 / 1024.0,
+            m.anon_kib as f64 / 1024.0
         );
     }
+    let _ = writeln!(
+        s,
+        "\nThe daemon maps `LOOKUP` (the fixed 16 MiB multibit trie) into its address \
+         space to build it, so those pages count in its VmRSS although they are the map's \
+         memory, counted once above; RssAnon is the daemon's own memory."
+    );
     for (pi, m) in mem {
         let list: Vec<String> = m
             .maps
