@@ -27,7 +27,7 @@ use tagwall::{
     rules::{Direction, PortRange, Proto},
 };
 
-use crate::netns::{ChildGuard, Netns, unique, veth, wait_for};
+use crate::netns::{ChildGuard, Netns, spawn_dnsmasq, unique, veth};
 
 pub const GW_UP: &str = "10.53.0.1";
 pub const UPSTREAM: &str = "10.53.0.2";
@@ -184,48 +184,20 @@ impl DnsLab {
     /// upstream's addresses; returns once it answers.
     pub fn start_dnsmasq(&mut self, ttl: u32, extra: &[&str]) {
         self.stop_dnsmasq();
-        let log = self.dir.join("dnsmasq.log");
-        let mut cmd = self.up.cmd("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--pid-file=",
-            "--user=root",
-            "--log-queries",
-            "--log-facility=-",
-            "--cache-size=0",
-        ])
-        .arg(format!("--listen-address={UPSTREAM}"))
-        .arg(format!("--listen-address={UPSTREAM6}"))
-        .arg(format!("--local-ttl={ttl}"))
-        .args(zone_args(ttl))
-        .args(extra);
-        self.dnsmasq = Some(ChildGuard::spawn(cmd, &log));
-        let ok = wait_for(Duration::from_secs(10), || {
-            let out = self
-                .up
-                .cmd("dig")
-                .args([
-                    &format!("@{UPSTREAM}"),
-                    "pypi.org",
-                    "+short",
-                    "+tries=1",
-                    "+time=1",
-                ])
-                .output()
-                .ok()?;
-            String::from_utf8_lossy(&out.stdout)
-                .contains("10.99.0.1")
-                .then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "dnsmasq did not come up: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        let mut args = vec![
+            "--log-queries".to_owned(),
+            format!("--listen-address={UPSTREAM}"),
+            format!("--listen-address={UPSTREAM6}"),
+            format!("--local-ttl={ttl}"),
+        ];
+        args.extend(zone_args(ttl));
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        self.dnsmasq = Some(spawn_dnsmasq(
+            &self.up,
+            &self.dir.join("dnsmasq.log"),
+            &args,
+            (UPSTREAM, "pypi.org", "10.99.0.1"),
+        ));
     }
 
     /// Kill dnsmasq (the upstream goes dark: queries time out).

@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use crate::netns::{Bpffs, ChildGuard, Netns, unique, veth, wait_for};
+use crate::netns::{Bpffs, ChildGuard, Netns, spawn_dnsmasq, unique, veth, wait_for};
 
 pub const CLIENT_V4: &str = "10.77.1.2";
 pub const GW_V4: &str = "10.77.1.1";
@@ -172,47 +172,18 @@ impl Lab {
     #[must_use]
     pub fn start_dnsmasq(&self, records: &[(&str, &str, u32)]) -> ChildGuard {
         let (probe_name, probe_addr, _) = *records.first().expect("at least one record");
-        let log = self.dir.path.join("dnsmasq.log");
-        let mut cmd = self.inet_b.cmd("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--pid-file=",
-            "--user=root",
-            "--log-facility=-",
-            "--cache-size=0",
-            &format!("--listen-address={INET_B_V4}"),
-        ]);
-        for (name, addr, ttl) in records {
-            cmd.arg(format!("--host-record={name},{addr},{ttl}"));
-        }
-        let guard = ChildGuard::spawn(cmd, &log);
-        let up = wait_for(Duration::from_secs(10), || {
-            let out = self
-                .inet_b
-                .cmd("dig")
-                .args([
-                    &format!("@{INET_B_V4}"),
-                    probe_name,
-                    "+short",
-                    "+tries=1",
-                    "+time=1",
-                ])
-                .output()
-                .ok()?;
-            String::from_utf8_lossy(&out.stdout)
-                .contains(probe_addr)
-                .then_some(())
-        });
-        assert!(
-            up.is_some(),
-            "dnsmasq did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+        let mut args = vec![format!("--listen-address={INET_B_V4}")];
+        args.extend(
+            records
+                .iter()
+                .map(|(name, addr, ttl)| format!("--host-record={name},{addr},{ttl}")),
         );
-        guard
+        spawn_dnsmasq(
+            &self.inet_b,
+            &self.dir.path.join("dnsmasq.log"),
+            &args,
+            (INET_B_V4, probe_name, probe_addr),
+        )
     }
 
     /// Write a policy file into the lab directory.

@@ -109,8 +109,6 @@ pub fn enter_netns(name: &str) {
     assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
-impl Netns {}
-
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -227,6 +225,58 @@ impl Drop for ChildGuard {
             let _ = c.wait();
         }
     }
+}
+
+/// Start dnsmasq in `ns`: foreground, no config file, resolv.conf, hosts file or
+/// cache, logging to `log`, bound to the `--listen-address`es among `args` (which
+/// also carry what it serves). Returns once `@server` answers `probe` with an answer
+/// containing `expect`.
+///
+/// # Panics
+/// If dnsmasq does not answer within 10 s (its log is in the message).
+#[must_use]
+pub fn spawn_dnsmasq(
+    ns: &Netns,
+    log: &Path,
+    args: &[String],
+    (server, probe, expect): (&str, &str, &str),
+) -> ChildGuard {
+    let mut cmd = ns.cmd("dnsmasq");
+    cmd.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--pid-file=",
+        "--user=root",
+        "--log-facility=-",
+        "--cache-size=0",
+    ])
+    .args(args);
+    let guard = ChildGuard::spawn(cmd, log);
+    let up = wait_for(Duration::from_secs(10), || {
+        let out = ns
+            .cmd("dig")
+            .args([
+                &format!("@{server}"),
+                probe,
+                "+short",
+                "+tries=1",
+                "+time=1",
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains(expect)
+            .then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "dnsmasq did not start: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    guard
 }
 
 /// Poll `f` until it returns `Some` or `timeout` passes (for readiness, not timing).
