@@ -29,6 +29,25 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_NONE: u8 = 59;
 pub const IPPROTO_DSTOPTS: u8 = 60;
 
+/// An untagged Ethernet frame from `src` to `dst` (addresses of one family) carrying
+/// the L4 header `l4` of IP protocol `proto`.
+///
+/// # Panics
+/// On an unparsable address or mixed families.
+#[must_use]
+pub fn ip_frame(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let parse = |s: &str| -> std::net::IpAddr { s.parse().unwrap_or_else(|e| panic!("{s}: {e}")) };
+    match (parse(src), parse(dst)) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+            eth(&[], ETH_P_IP, &ipv4(s, d, proto, &V4Opts::default(), l4))
+        }
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
+            eth(&[], ETH_P_IPV6, &ipv6(s, d, proto, l4))
+        }
+        _ => panic!("mixed families: {src} -> {dst}"),
+    }
+}
+
 /// Ethernet header (+ VLAN tags, outermost first: `(tpid, vid)`) followed by `payload`.
 #[must_use]
 pub fn eth(vlans: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! through the real programs with BPF_PROG_TEST_RUN: sequences of frames whose
 //! verdicts depend on the frames before them.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use tagwall::{
     dataplane::Settings,
@@ -15,7 +15,7 @@ use tagwall_common::{
 };
 use tagwall_tests::{
     harness::{Harness, Observed, Prog},
-    pkt::{ETH_P_IP, ETH_P_IPV6, V4Opts, echo_msg, eth, ipv4, ipv6, tcp_flags, udp},
+    pkt::{echo_msg, ip_frame, tcp_flags, udp},
 };
 
 const SYN: u8 = 0x02;
@@ -113,31 +113,16 @@ fn gateway() -> Settings {
     settings(&["10.0.0.0/8", "fd00::/8"], CtTimeouts::default())
 }
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-/// An Ethernet frame from `src` to `dst` with an L4 header for `proto`.
-fn frame(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
-    match (ip(src), ip(dst)) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            eth(&[], ETH_P_IP, &ipv4(s, d, proto, &V4Opts::default(), l4))
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => eth(&[], ETH_P_IPV6, &ipv6(s, d, proto, l4)),
-        _ => panic!("mixed families"),
-    }
-}
-
 fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
-    frame(src, dst, 6, &tcp_flags(sport, dport, flags))
+    ip_frame(src, dst, 6, &tcp_flags(sport, dport, flags))
 }
 
 fn udp_f(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
-    frame(src, dst, 17, &udp(sport, dport, b"q"))
+    ip_frame(src, dst, 17, &udp(sport, dport, b"q"))
 }
 
 fn ping(src: &str, dst: &str, request: bool, id: u16) -> Vec<u8> {
-    frame(src, dst, 1, &echo_msg(false, request, id))
+    ip_frame(src, dst, 1, &echo_msg(false, request, id))
 }
 
 /// Run `f` and check reason, rule, pass/drop and direction.

@@ -69,16 +69,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn frame(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
-    match (ip(src), ip(dst)) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            eth(&[], ETH_P_IP, &ipv4(s, d, proto, &V4Opts::default(), l4))
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => eth(&[], ETH_P_IPV6, &ipv6(s, d, proto, l4)),
-        _ => panic!("mixed families"),
-    }
-}
-
 fn cpus() -> u32 {
     u32::try_from(aya::util::nr_cpus().expect("nr_cpus")).unwrap()
 }
@@ -112,7 +102,7 @@ fn events(h: &Harness) -> EventCounters {
 #[test]
 fn a_drop_makes_exactly_one_event_and_an_allowed_packet_none() {
     let (mut h, mut ring) = harness(&Settings::stateless(false), 1_000_000, 1_000_000);
-    let allowed = frame("10.0.0.2", "203.0.113.5", 6, &tcp(40000, 443));
+    let allowed = ip_frame("10.0.0.2", "203.0.113.5", 6, &tcp(40000, 443));
     let o = h.run(&allowed);
     assert_eq!((o.action, o.reason), (XDP_PASS, REASON_ALLOWED));
     assert!(
@@ -120,7 +110,7 @@ fn a_drop_makes_exactly_one_event_and_an_allowed_packet_none() {
         "an allowed packet has no event"
     );
 
-    let denied = frame("10.0.0.2", "192.0.2.9", 17, &udp(40001, 5300, b"hello"));
+    let denied = ip_frame("10.0.0.2", "192.0.2.9", 17, &udp(40001, 5300, b"hello"));
     let o = h.run(&denied);
     assert_eq!((o.action, o.reason), (XDP_DROP, REASON_NO_MATCH));
     let ev = drain(&mut ring);
@@ -139,9 +129,9 @@ fn a_drop_makes_exactly_one_event_and_an_allowed_packet_none() {
     );
 
     // Covered address, wrong port; IPv6.
-    let port = frame("10.0.0.2", "203.0.113.5", 6, &tcp(40002, 444));
+    let port = ip_frame("10.0.0.2", "203.0.113.5", 6, &tcp(40002, 444));
     assert_eq!(h.run(&port).reason, REASON_PORT);
-    let v6 = frame("fd00::2", "2001:db8:9::1", 6, &tcp(40003, 443));
+    let v6 = ip_frame("fd00::2", "2001:db8:9::1", 6, &tcp(40003, 443));
     assert_eq!(h.run(&v6).reason, REASON_NO_MATCH);
     let ev = drain(&mut ring);
     assert_eq!(ev.len(), 2, "{ev:?}");
@@ -152,7 +142,7 @@ fn a_drop_makes_exactly_one_event_and_an_allowed_packet_none() {
     assert_eq!((ev[1].src, ev[1].dst), (ip("fd00::2"), ip("2001:db8:9::1")));
 
     // Stage-1 drops (unparsable headers) have no 5-tuple and no event.
-    let mut bad = frame("10.0.0.2", "192.0.2.9", 6, &tcp(1, 2));
+    let mut bad = ip_frame("10.0.0.2", "192.0.2.9", 6, &tcp(1, 2));
     bad.truncate(ETH_HDR + IPV4_HDR + 10);
     assert_eq!(h.run(&bad).reason, REASON_MALFORMED);
     assert!(drain(&mut ring).is_empty());
@@ -185,11 +175,11 @@ fn audit_mode_reports_would_drops_as_audit_and_inbound_by_source() {
     let mut s = Settings::stateless(true);
     s.internal = vec!["10.0.0.0/8".parse().unwrap()];
     let (mut h, mut ring) = harness(&s, 1_000_000, 1_000_000);
-    let denied = frame("10.0.0.2", "192.0.2.9", 6, &tcp(40000, 80));
+    let denied = ip_frame("10.0.0.2", "192.0.2.9", 6, &tcp(40000, 80));
     let o = h.run(&denied);
     assert_eq!((o.action, o.reason), (XDP_PASS, REASON_NO_MATCH));
     // Inbound from an address no inbound rule names: keyed by its source.
-    let inbound = frame("192.0.2.50", "10.0.0.2", 6, &tcp(50000, 22));
+    let inbound = ip_frame("192.0.2.50", "10.0.0.2", 6, &tcp(50000, 22));
     assert_eq!(h.run(&inbound).reason, REASON_NO_MATCH);
     let ev = drain(&mut ring);
     assert_eq!(ev.len(), 2);
@@ -209,7 +199,7 @@ fn audit_mode_reports_would_drops_as_audit_and_inbound_by_source() {
 #[test]
 fn tc_programs_report_too() {
     let (mut h, mut ring) = harness(&Settings::stateless(false), 1_000_000, 1_000_000);
-    let denied = frame("10.0.0.2", "192.0.2.9", 17, &udp(1000, 53, b"q"));
+    let denied = ip_frame("10.0.0.2", "192.0.2.9", 17, &udp(1000, 53, b"q"));
     assert_eq!(h.run_on(Prog::TcEgress, &denied).reason, REASON_NO_MATCH);
     let ev = drain(&mut ring);
     assert_eq!(ev.len(), 1);
@@ -222,7 +212,7 @@ fn the_rate_limit_counts_what_it_suppresses() {
     // per CPU becomes an event, every other one is counted as rate-limited.
     let n = cpus();
     let (mut h, mut ring) = harness(&Settings::stateless(false), n, 1);
-    let denied = frame("10.0.0.2", "192.0.2.9", 17, &udp(40001, 5300, b"x"));
+    let denied = ip_frame("10.0.0.2", "192.0.2.9", 17, &udp(40001, 5300, b"x"));
     let sent = 50u64;
     for _ in 0..sent {
         assert_eq!(h.run(&denied).reason, REASON_NO_MATCH);
@@ -245,7 +235,7 @@ fn events_off_means_no_events_and_no_counts() {
     let mut h = Harness::with(rules(), &Settings::stateless(false));
     let mut ring = h.dp.take_events().unwrap();
     // Never configured (all zero): nothing.
-    let denied = frame("10.0.0.2", "192.0.2.9", 17, &udp(1, 2, b""));
+    let denied = ip_frame("10.0.0.2", "192.0.2.9", 17, &udp(1, 2, b""));
     h.run(&denied);
     assert!(drain(&mut ring).is_empty());
     assert_eq!(events(&h).covered(), 0);
