@@ -684,6 +684,14 @@ impl Dataplane {
         arr.get(&0, 0).map_err(map_err(names::MAP_CONFIG))
     }
 
+    /// Write `CONFIG[0]` (one map update: the datapath sees the old or the new value).
+    fn write_config(&mut self, cfg: DpConfig) -> Result<()> {
+        let map = self.map_mut(names::MAP_CONFIG)?;
+        let mut arr: Array<&mut MapData, DpConfig> =
+            Array::try_from(map).map_err(map_err(names::MAP_CONFIG))?;
+        arr.set(0, cfg, 0).map_err(map_err(names::MAP_CONFIG))
+    }
+
     /// Write `policy` into the inactive slot, switch to it in one map write, then
     /// remove the old slot's entries. Packets see the old or the new policy, never a mix.
     ///
@@ -747,23 +755,13 @@ impl Dataplane {
         if lookup_nodes.is_none() {
             flags |= CONFIG_F_LPM_FALLBACK;
         }
-        {
-            let map = self.map_mut(names::MAP_CONFIG)?;
-            let mut arr: Array<&mut MapData, DpConfig> =
-                Array::try_from(map).map_err(map_err(names::MAP_CONFIG))?;
-            arr.set(
-                0,
-                DpConfig {
-                    slot: u32::from(new),
-                    audit: u32::from(settings.audit),
-                    generation,
-                    flags,
-                    ct: settings.conntrack.unwrap_or_default(),
-                },
-                0,
-            )
-            .map_err(map_err(names::MAP_CONFIG))?;
-        }
+        self.write_config(DpConfig {
+            slot: u32::from(new),
+            audit: u32::from(settings.audit),
+            generation,
+            flags,
+            ct: settings.conntrack.unwrap_or_default(),
+        })?;
         std::thread::sleep(OLD_SLOT_GRACE);
         let removed_old = self.clear_slot(old)?;
         Ok(ApplyStats {
@@ -776,10 +774,10 @@ impl Dataplane {
         })
     }
 
-    /// Write `entries` (sorted shortest first) into the inactive `slot`: the multibit
-    /// trie when they fit (`Some(nodes used)`), else the LPM tries (`None`).
+    /// Write `entries` (sorted shortest first) into the inactive `slot`, emptied by
+    /// `clear_slot`: the multibit trie when they fit (`Some(nodes used)`), else the
+    /// LPM tries (`None`).
     fn build_slot(&mut self, slot: u8, entries: &[(u8, IpNet, u32)]) -> Result<Option<u32>> {
-        self.table.clear(slot);
         let mut full = None;
         for (dir, net, set) in entries {
             if let Err(e) = self.table.insert(slot, *dir, *net, *set) {
@@ -912,10 +910,7 @@ impl Dataplane {
             // checking again, an added entry only allows more).
             if cfg.flags & CONFIG_F_LOCAL_RULES == 0 {
                 cfg.flags |= CONFIG_F_LOCAL_RULES;
-                let map = self.map_mut(names::MAP_CONFIG)?;
-                let mut arr: Array<&mut MapData, DpConfig> =
-                    Array::try_from(map).map_err(map_err(names::MAP_CONFIG))?;
-                arr.set(0, cfg, 0).map_err(map_err(names::MAP_CONFIG))?;
+                self.write_config(cfg)?;
             }
         }
         Ok(())
