@@ -77,3 +77,24 @@ pub const CT_REVOKED: u32 = 5;
 /// A TCP RST or the second FIN closed a flow.
 pub const CT_CLOSED: u32 = 6;
 pub const CT_STATS_LEN: u32 = 8;
+
+/// Indices of `FWD_STATS` (per-CPU counters of gateway fast forwarding, see
+/// `CONFIG_F_FAST_FORWARD`). Every allowed packet on a gateway with fast forwarding
+/// lands in exactly one of them; all but `FWD_REDIRECTED` go up the kernel's stack,
+/// which forwards (or answers) them as it would without fast forwarding.
+/// Forwarded by XDP: FIB lookup, TTL/hop limit decremented, MACs rewritten, redirected.
+pub const FWD_REDIRECTED: u32 = 0;
+/// The FIB does not forward it: addressed to the gateway itself, no route,
+/// unreachable/blackhole/prohibit routes, forwarding disabled on the interface.
+pub const FWD_NOT_FORWARDED: u32 = 1;
+/// The next hop's MAC address is not resolved yet (the stack resolves it).
+pub const FWD_NO_NEIGH: u32 = 2;
+/// Larger than the egress MTU (the stack fragments it or says so with ICMP).
+pub const FWD_FRAG_NEEDED: u32 = 3;
+/// TTL or hop limit would expire (the stack sends the ICMP time-exceeded error).
+pub const FWD_TTL: u32 = 4;
+/// The route leaves through an interface not listed for fast forwarding.
+pub const FWD_OTHER_PORT: u32 = 5;
+/// VLAN-tagged frames and other encapsulations the fast path does not rewrite.
+pub const FWD_UNSUPPORTED: u32 = 6;
+pub const FWD_STATS_LEN: u32 = 8;

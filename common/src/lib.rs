@@ -32,6 +32,10 @@ pub mod names {
     pub const MAP_ACTION_STATS: &str = "ACTION_STATS";
     pub const MAP_CONNTRACK: &str = "CONNTRACK";
     pub const MAP_CT_STATS: &str = "CT_STATS";
+    /// Egress interfaces for gateway fast forwarding (devmap hash, keyed by ifindex).
+    pub const MAP_FWD_PORTS: &str = "FWD_PORTS";
+    /// Fast-forwarding outcomes (`FWD_*` counters).
+    pub const MAP_FWD_STATS: &str = "FWD_STATS";
     /// TC programs for host mode (the host's own traffic, on its NIC).
     pub const PROG_TC_EGRESS: &str = "tagwall_tc_egress";
     pub const PROG_TC_INGRESS: &str = "tagwall_tc_ingress";

@@ -155,6 +155,13 @@ pub const CONFIG_F_LOCAL_RULES: u32 = 8;
 /// `Config::flags`: the active slot's prefixes are in the LPM tries (`POLICY_V4`,
 /// `POLICY_V6`), not in the multibit trie (`LOOKUP`), which was too small for them.
 pub const CONFIG_F_LPM_FALLBACK: u32 = 16;
+/// `Config::flags`: gateway fast forwarding (`[fast_forward]`): the XDP program
+/// forwards an allowed packet itself (FIB lookup, TTL, MAC rewrite, redirect) when the
+/// route leaves through an interface in `FWD_PORTS`; anything else goes up the stack.
+pub const CONFIG_F_FAST_FORWARD: u32 = 32;
+
+/// Capacity of `FWD_PORTS` (egress interfaces for fast forwarding).
+pub const FWD_PORTS_MAX: u32 = 64;
 
 /// Value of `CONFIG[0]`, read once per packet. Written in one map update, so the slot,
 /// flags and timeouts of a policy switch together.

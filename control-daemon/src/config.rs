@@ -15,6 +15,9 @@
 //! internal_prefixes = ["10.0.0.0/16"] # the protected VNet (VirtualNetwork tag)
 //! outbound_dependencies = ["aml-outbound.json"] # `az ml workspace outbound-...` output
 //!
+//! [fast_forward]                     # gateway: XDP forwards allowed packets itself
+//! interfaces = ["eth1"]              # egress interfaces; default [] (kernel forwards)
+//!
 //! [azureml]                          # the workspace: catalog requirements become rules
 //! cloud = "public"                   # public | government | china
 //! edition = "2026"                   # "2021" (seed docs) | "2026" (default)
@@ -196,6 +199,54 @@ impl Datapath {
     }
 }
 
+/// Gateway fast forwarding: allowed packets whose route leaves through one of these
+/// interfaces are forwarded by the XDP program itself (FIB lookup, TTL, MACs,
+/// redirect), skipping the kernel's forwarding path, netfilter included. Off (empty)
+/// by default: the kernel forwards what tagwall allows. Not for gateways that NAT or
+/// filter with netfilter as well.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FastForward {
+    /// Egress interfaces (names in the daemon's network namespace). They must be able
+    /// to transmit XDP frames (`ndo_xdp_xmit`: mlx5, hv_netvsc on Linux 6.0+, veth
+    /// whose peer runs XDP or has GRO on, ...); the kernel drops a redirected frame an
+    /// interface cannot send.
+    pub interfaces: Vec<String>,
+}
+
+impl FastForward {
+    fn check(&self) -> Result<(), String> {
+        let max = tagwall_common::policy::FWD_PORTS_MAX as usize;
+        if self.interfaces.len() > max {
+            return Err(format!(
+                "field `fast_forward.interfaces`: {} interfaces, at most {max}",
+                self.interfaces.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for i in &self.interfaces {
+            // IFNAMSIZ - 1 bytes, no slash or whitespace (dev_valid_name).
+            if i.is_empty()
+                || i.len() > 15
+                || i == "."
+                || i == ".."
+                || i.bytes()
+                    .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+            {
+                return Err(format!(
+                    "field `fast_forward.interfaces`: {i:?} is not an interface name"
+                ));
+            }
+            if !seen.insert(i) {
+                return Err(format!(
+                    "field `fast_forward.interfaces`: {i:?} is listed twice"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A user rule as written in the file. Destinations are any mix of CIDRs (`to`),
 /// service tags (`service_tags`, resolved against the Service Tags file) and host
 /// names (`fqdns`, exact or `*.suffix`, resolved by DNS).
@@ -279,6 +330,7 @@ pub struct Config {
     pub management: Management,
     pub conntrack: Conntrack,
     pub datapath: Datapath,
+    pub fast_forward: FastForward,
     pub azureml: Option<AzureMl>,
     pub rules: Vec<UserRule>,
     /// Host-name enforcement: resolver and/or DNS proxy (see `crate::dns::config`).
@@ -460,6 +512,7 @@ impl Config {
         }
         cfg.conntrack.check().map_err(invalid)?;
         cfg.datapath.check().map_err(invalid)?;
+        cfg.fast_forward.check().map_err(invalid)?;
         for net in &cfg.internal_prefixes {
             if net.trunc() != *net {
                 return Err(invalid(format!(
@@ -647,6 +700,37 @@ protocol = "icmp"
         );
         let e = err("[datapath]\nport_sets = 0\n");
         assert!(e.contains("datapath.port_sets"), "{e}");
+    }
+
+    #[test]
+    fn fast_forward_interfaces_are_checked() {
+        let c = Config::parse(
+            "[fast_forward]\ninterfaces = [\"eth1\", \"eth2\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.fast_forward.interfaces, ["eth1", "eth2"]);
+        assert!(
+            Config::parse("", "t.toml")
+                .unwrap()
+                .fast_forward
+                .interfaces
+                .is_empty()
+        );
+        for (bad, what) in [
+            ("[\"eth1\", \"eth1\"]", "listed twice"),
+            ("[\"\"]", "not an interface name"),
+            ("[\"a-name-longer-than-15\"]", "not an interface name"),
+            ("[\"eth 1\"]", "not an interface name"),
+        ] {
+            let e = err(&format!("[fast_forward]\ninterfaces = {bad}\n"));
+            assert!(
+                e.contains("fast_forward.interfaces") && e.contains(what),
+                "{bad}: {e}"
+            );
+        }
+        let e = err("[fast_forward]\nports = [\"eth1\"]\n");
+        assert!(e.contains("unknown field"), "{e}");
         let e = err("[datapath]\nlookup = 3\n");
         assert!(e.contains("lookup"), "{e}");
     }

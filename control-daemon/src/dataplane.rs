@@ -11,7 +11,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, ProgramArray,
+        Array, DevMapHash, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, ProgramArray,
         lpm_trie::Key,
     },
     programs::{
@@ -27,9 +27,10 @@ use tagwall_common::{
     ct::{CtKey, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES},
     names,
     policy::{
-        CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_GATEWAY_OWN, CONFIG_F_LOCAL_RULES,
-        CONFIG_F_LPM_FALLBACK, Config as DpConfig, DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT,
-        KEY_HDR_BITS, MAX_PORT_RULES, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
+        CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_FAST_FORWARD, CONFIG_F_GATEWAY_OWN,
+        CONFIG_F_LOCAL_RULES, CONFIG_F_LPM_FALLBACK, Config as DpConfig, DEFAULT_MAX_PREFIXES,
+        DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES, PolicyKeyV4, PolicyKeyV6, PolicyValue,
+        PortSet,
     },
     verdict::ALL_REASONS,
 };
@@ -50,7 +51,7 @@ pub const OLD_SLOT_GRACE: Duration = Duration::from_millis(5);
 /// the last user-space reference to it goes, which would break the attached
 /// programs when the daemon exits; `FACTS` joins the two stages, so both must see
 /// the same one after a restart.
-pub const PINNED_MAPS: [&str; 18] = [
+pub const PINNED_MAPS: [&str; 20] = [
     names::MAP_POLICY_V4,
     names::MAP_POLICY_V6,
     names::MAP_LOOKUP,
@@ -61,6 +62,8 @@ pub const PINNED_MAPS: [&str; 18] = [
     names::MAP_ACTION_STATS,
     names::MAP_CONNTRACK,
     names::MAP_CT_STATS,
+    names::MAP_FWD_PORTS,
+    names::MAP_FWD_STATS,
     names::MAP_JUMP_XDP,
     names::MAP_JUMP_TC,
     names::MAP_FACTS,
@@ -76,6 +79,8 @@ pub const LINK_PIN_PREFIX: &str = "link-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
+    #[error("fast forwarding: {detail}")]
+    FastForward { detail: String },
     #[error(
         "the embedded eBPF object is empty (built with AYA_BUILD_SKIP=1?): rebuild with \
          `cargo build` after `cargo xtask setup`"
@@ -210,6 +215,9 @@ pub struct Settings {
     pub conntrack: Option<CtTimeouts>,
     /// Gateway mode: allow (and track) the gateway's own outbound traffic.
     pub gateway_own: bool,
+    /// Gateway fast forwarding: ifindexes of the egress interfaces XDP may redirect
+    /// allowed packets to (`[fast_forward] interfaces`); empty: off.
+    pub fast_forward: Vec<u32>,
 }
 
 impl Settings {
@@ -755,6 +763,11 @@ impl Dataplane {
         if lookup_nodes.is_none() {
             flags |= CONFIG_F_LPM_FALLBACK;
         }
+        if !settings.fast_forward.is_empty() {
+            flags |= CONFIG_F_FAST_FORWARD;
+        }
+        // New egress interfaces go in before the switch, stale ones out after it.
+        let stale = self.add_fast_forward(&settings.fast_forward)?;
         self.write_config(DpConfig {
             slot: u32::from(new),
             audit: u32::from(settings.audit),
@@ -762,6 +775,7 @@ impl Dataplane {
             flags,
             ct: settings.conntrack.unwrap_or_default(),
         })?;
+        self.remove_fast_forward(&stale)?;
         std::thread::sleep(OLD_SLOT_GRACE);
         let removed_old = self.clear_slot(old)?;
         Ok(ApplyStats {
@@ -772,6 +786,66 @@ impl Dataplane {
             removed_old,
             lookup_nodes,
         })
+    }
+
+    fn fwd_ports(&mut self) -> Result<DevMapHash<&mut MapData>> {
+        let map = self.map_mut(names::MAP_FWD_PORTS)?;
+        DevMapHash::try_from(map).map_err(map_err(names::MAP_FWD_PORTS))
+    }
+
+    /// Put `ifindexes` into `FWD_PORTS`; returns the entries that are there but not
+    /// wanted (for [`Self::remove_fast_forward`] once the new config is live).
+    fn add_fast_forward(&mut self, ifindexes: &[u32]) -> Result<Vec<u32>> {
+        let mut ports = self.fwd_ports()?;
+        let have = ports
+            .keys()
+            .collect::<std::result::Result<Vec<u32>, _>>()
+            .map_err(map_err(names::MAP_FWD_PORTS))?;
+        for &i in ifindexes {
+            ports.insert(i, i, None, 0).map_err(|e| match e {
+                aya::maps::xdp::XdpMapError::MapError(source) => DataplaneError::Map {
+                    name: names::MAP_FWD_PORTS,
+                    source,
+                },
+                // Only with a chained program, which tagwall never passes.
+                other => DataplaneError::FastForward {
+                    detail: other.to_string(),
+                },
+            })?;
+        }
+        Ok(have
+            .into_iter()
+            .filter(|i| !ifindexes.contains(i))
+            .collect())
+    }
+
+    fn remove_fast_forward(&mut self, ifindexes: &[u32]) -> Result<()> {
+        let mut ports = self.fwd_ports()?;
+        for &i in ifindexes {
+            ports.remove(i).map_err(map_err(names::MAP_FWD_PORTS))?;
+        }
+        Ok(())
+    }
+
+    /// The ifindexes in `FWD_PORTS` (fast-forwarding egress interfaces).
+    ///
+    /// # Errors
+    /// Map errors.
+    pub fn fast_forward_ports(&self) -> Result<Vec<u32>> {
+        let map = self
+            .ebpf
+            .map(names::MAP_FWD_PORTS)
+            .ok_or(DataplaneError::MissingMap {
+                name: names::MAP_FWD_PORTS,
+            })?;
+        let ports: DevMapHash<&MapData> =
+            DevMapHash::try_from(map).map_err(map_err(names::MAP_FWD_PORTS))?;
+        let mut v = ports
+            .keys()
+            .collect::<std::result::Result<Vec<u32>, _>>()
+            .map_err(map_err(names::MAP_FWD_PORTS))?;
+        v.sort_unstable();
+        Ok(v)
     }
 
     /// Write `entries` (sorted shortest first) into the inactive `slot`, emptied by
@@ -1053,6 +1127,7 @@ impl Dataplane {
             &arr(names::MAP_REASON_STATS)?,
             &arr(names::MAP_ACTION_STATS)?,
             &arr(names::MAP_CT_STATS)?,
+            &arr(names::MAP_FWD_STATS)?,
             self.config()?,
             rule_ids,
         )
@@ -1157,6 +1232,17 @@ pub const CT_STAT_NAMES: [&str; 7] = [
     "closed",
 ];
 
+/// Names of the `FWD_STATS` counters (gateway fast forwarding), by index.
+pub const FWD_STAT_NAMES: [&str; 7] = [
+    "redirected",
+    "not_forwarded",
+    "no_neighbor",
+    "frag_needed",
+    "ttl_expiring",
+    "other_interface",
+    "unsupported",
+];
+
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -1168,6 +1254,8 @@ pub struct Counters {
     pub actions: [Counter; ACTION_MAX as usize],
     /// Connection tracker events (`CT_*` index -> packets), see [`CT_STAT_NAMES`].
     pub conntrack: [u64; CT_STAT_NAMES.len()],
+    /// Fast-forwarding outcomes (`FWD_*` index -> counter), see [`FWD_STAT_NAMES`].
+    pub fast_forward: [Counter; FWD_STAT_NAMES.len()],
     pub generation: u32,
     pub audit: bool,
 }
@@ -1188,6 +1276,7 @@ impl Counters {
         reasons: &PerCpuArray<T, Counter>,
         actions: &PerCpuArray<T, Counter>,
         ct: &PerCpuArray<T, Counter>,
+        fwd: &PerCpuArray<T, Counter>,
         cfg: DpConfig,
         rule_ids: impl IntoIterator<Item = u32>,
     ) -> Result<Self> {
@@ -1215,6 +1304,10 @@ impl Counters {
             *slot = sum_percpu(ct, u32::try_from(i).expect("small"))
                 .map_err(map_err(names::MAP_CT_STATS))?
                 .packets;
+        }
+        for (i, slot) in out.fast_forward.iter_mut().enumerate() {
+            *slot = sum_percpu(fwd, u32::try_from(i).expect("small"))
+                .map_err(map_err(names::MAP_FWD_STATS))?;
         }
         for (i, slot) in out.actions.iter_mut().enumerate() {
             *slot = sum_percpu(actions, u32::try_from(i).expect("small"))
@@ -1253,6 +1346,7 @@ impl Counters {
             &arr(names::MAP_REASON_STATS)?,
             &arr(names::MAP_ACTION_STATS)?,
             &arr(names::MAP_CT_STATS)?,
+            &arr(names::MAP_FWD_STATS)?,
             cfg,
             rule_ids,
         )

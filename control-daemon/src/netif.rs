@@ -54,9 +54,14 @@ pub fn addresses(iface: &str) -> std::io::Result<Vec<IpAddr>> {
 /// Does an interface of this name exist (in this network namespace)?
 #[must_use]
 pub fn exists(iface: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(iface) else {
-        return false;
-    };
+    index(iface).is_some()
+}
+
+/// The ifindex of an interface of this name (in this network namespace).
+#[must_use]
+pub fn index(iface: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(iface).ok()?;
     // SAFETY: valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
 }

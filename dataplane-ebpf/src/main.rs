@@ -12,12 +12,12 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod prog {
     use aya_ebpf::{
-        bindings::{BPF_F_MMAPABLE, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-        helpers::bpf_ktime_get_coarse_ns,
+        bindings::{BPF_F_MMAPABLE, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup, xdp_action},
+        helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
         macros::{classifier, map, xdp},
         maps::{
-            Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf,
-            lpm_trie::Key,
+            Array, DevMapHash, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray,
+            RingBuf, lpm_trie::Key,
         },
         programs::{TcContext, XdpContext},
     };
@@ -26,18 +26,19 @@ mod prog {
         counters::{
             ACTION_AUDIT_PASS, ACTION_DROP, ACTION_MAX, ACTION_PASS, CT_CLOSED, CT_EXPIRED, CT_HIT,
             CT_INSERT_FAILED, CT_NEW, CT_REVALIDATED, CT_REVOKED, CT_STATS_LEN, Counter,
-            DIR_EGRESS, DIR_INGRESS, KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, REASON_STATS_LEN,
-            reason_index,
+            DIR_EGRESS, DIR_INGRESS, FWD_FRAG_NEEDED, FWD_NO_NEIGH, FWD_NOT_FORWARDED,
+            FWD_OTHER_PORT, FWD_REDIRECTED, FWD_STATS_LEN, FWD_TTL, FWD_UNSUPPORTED,
+            KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, REASON_STATS_LEN, reason_index,
         },
         ct::{
             CT_FIN_A, CT_FIN_B, CT_REPLIED, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
             CT_TCP_SYN_SENT, CT_UNREPLIED, CtKey, CtValue, DEFAULT_CT_MAX_ENTRIES, V4_MAPPED_WORD,
         },
         policy::{
-            CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_GATEWAY_OWN, CONFIG_F_LOCAL_RULES,
-            CONFIG_F_LPM_FALLBACK, Config, DEFAULT_MAX_PREFIXES, DEFAULT_SETS_PER_SLOT,
-            KEY_HDR_BITS, MAX_PORT_RULES, PROTO_ANY, PROTO_TCP, PROTO_UDP, PolicyKeyV4,
-            PolicyKeyV6, PolicyValue, PortSet,
+            CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_FAST_FORWARD, CONFIG_F_GATEWAY_OWN,
+            CONFIG_F_LOCAL_RULES, CONFIG_F_LPM_FALLBACK, Config, DEFAULT_MAX_PREFIXES,
+            DEFAULT_SETS_PER_SLOT, FWD_PORTS_MAX, KEY_HDR_BITS, MAX_PORT_RULES, PROTO_ANY,
+            PROTO_TCP, PROTO_UDP, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortSet,
         },
         reports::{
             DEFAULT_TOP_DENIED_ENTRIES, DenyEvent, EV_EMITTED, EV_RATE_LIMITED, EV_RING_FULL,
@@ -51,7 +52,9 @@ mod prog {
         },
     };
 
-    use crate::parse::{Cursor, L3, Outcome, Parsed, parse};
+    use crate::parse::{
+        Cursor, ETH_HDR, ETH_P_IP, ETH_P_IPV6, IPV4_HDR, IPV6_HDR, L3, Outcome, Parsed, parse,
+    };
 
     #[map]
     static POLICY_V4: LpmTrie<PolicyKeyV4, PolicyValue> =
@@ -78,6 +81,12 @@ mod prog {
         LruHashMap::with_max_entries(DEFAULT_CT_MAX_ENTRIES, 0);
     #[map]
     static CT_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(CT_STATS_LEN, 0);
+    /// Egress interfaces for fast forwarding (`[fast_forward] interfaces`), keyed by
+    /// ifindex; written by the daemon.
+    #[map]
+    static FWD_PORTS: DevMapHash = DevMapHash::with_max_entries(FWD_PORTS_MAX, 0);
+    #[map]
+    static FWD_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(FWD_STATS_LEN, 0);
     #[map]
     static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
     #[map]
@@ -193,8 +202,146 @@ mod prog {
         let pass = finish(&v, len, cfg.audit != 0);
         if is_drop(v.reason) {
             report_drop(v.reason, v.dir, len, pass);
+            return xdp_act(pass);
+        }
+        if cfg.flags & CONFIG_F_FAST_FORWARD != 0 {
+            return fast_forward(&ctx, len);
         }
         xdp_act(pass)
+    }
+
+    const AF_INET: u8 = 2;
+    const AF_INET6: u8 = 10;
+    const FIB_SUCCESS: i64 = 0;
+    const FIB_NO_NEIGH: i64 = 7;
+    const FIB_FRAG_NEEDED: i64 = 8;
+
+    /// Pass the packet up the stack (which forwards it as usual), counting why.
+    #[inline(always)]
+    fn to_stack(why: u32, len: u64) -> u32 {
+        bump(&FWD_STATS, why, len);
+        xdp_action::XDP_PASS
+    }
+
+    /// Gateway fast forwarding of a packet the policy allowed (`CONFIG_F_FAST_FORWARD`),
+    /// after xdp-tools' xdp-forward: ask the kernel's FIB for the route and the next
+    /// hop, and when it leaves through an interface in `FWD_PORTS`, decrement the TTL
+    /// (hop limit), rewrite the MACs and redirect the frame there, skipping the stack.
+    /// Whatever the FIB does not resolve (local address, no route, unresolved
+    /// neighbour, MTU, expiring TTL, other interfaces, VLAN tags) goes up the stack
+    /// untouched, counted in `FWD_STATS`.
+    #[inline(always)]
+    fn fast_forward(ctx: &XdpContext, len: u64) -> u32 {
+        let Some(f) = FACTS.get(0) else {
+            return to_stack(FWD_UNSUPPORTED, len);
+        };
+        let (start, end) = (ctx.data(), ctx.data_end());
+        if start + ETH_HDR + IPV4_HDR > end {
+            return to_stack(FWD_UNSUPPORTED, len);
+        }
+        let eth = start as *mut u8;
+        let ip = (start + ETH_HDR) as *mut u8;
+        // SAFETY: bounds checked against data_end above (and below for IPv6).
+        let ethertype = unsafe { u16::from_be_bytes([*eth.add(12), *eth.add(13)]) };
+        // SAFETY: all-zero is a valid bpf_fib_lookup (integers and unions of them).
+        let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+        let v6 = if ethertype == ETH_P_IP && f.v6 == 0 {
+            // SAFETY: inside the IPv4 header checked above.
+            unsafe {
+                if *ip.add(8) <= 1 {
+                    return to_stack(FWD_TTL, len);
+                }
+                p.family = AF_INET;
+                p.__bindgen_anon_2.tos = *ip.add(1);
+                p.__bindgen_anon_1.tot_len = u16::from_be_bytes([*ip.add(2), *ip.add(3)]);
+                p.__bindgen_anon_3.ipv4_src = f.src[3];
+                p.__bindgen_anon_4.ipv4_dst = f.dst[3];
+            }
+            false
+        } else if ethertype == ETH_P_IPV6 && f.v6 != 0 {
+            if start + ETH_HDR + IPV6_HDR > end {
+                return to_stack(FWD_UNSUPPORTED, len);
+            }
+            // SAFETY: inside the IPv6 header checked just above.
+            unsafe {
+                if *ip.add(7) <= 1 {
+                    return to_stack(FWD_TTL, len);
+                }
+                p.family = AF_INET6;
+                // Traffic class and flow label, without the version.
+                p.__bindgen_anon_2.flowinfo =
+                    u32::from_ne_bytes([*ip & 0x0f, *ip.add(1), *ip.add(2), *ip.add(3)]);
+                let payload = u16::from_be_bytes([*ip.add(4), *ip.add(5)]);
+                p.__bindgen_anon_1.tot_len = payload.saturating_add(IPV6_HDR as u16);
+                p.__bindgen_anon_3.ipv6_src = f.src;
+                p.__bindgen_anon_4.ipv6_dst = f.dst;
+            }
+            true
+        } else {
+            // VLAN-tagged (the parser stripped the tags, this rewrite does not).
+            return to_stack(FWD_UNSUPPORTED, len);
+        };
+        p.l4_protocol = f.proto;
+        if f.has_flow != 0 {
+            p.sport = f.sport.to_be();
+            p.dport = f.dport.to_be();
+        }
+        p.ifindex = ctx.ingress_ifindex() as u32;
+        // SAFETY: `p` is a whole bpf_fib_lookup on this stack frame.
+        let rc = unsafe {
+            fib_lookup(
+                ctx.ctx.cast(),
+                &mut p,
+                core::mem::size_of::<bpf_fib_lookup>() as i32,
+                0,
+            )
+        };
+        match rc {
+            FIB_SUCCESS => {}
+            FIB_NO_NEIGH => return to_stack(FWD_NO_NEIGH, len),
+            FIB_FRAG_NEEDED => return to_stack(FWD_FRAG_NEEDED, len),
+            _ => return to_stack(FWD_NOT_FORWARDED, len),
+        }
+        if FWD_PORTS.get_ifindex(p.ifindex).is_none() {
+            return to_stack(FWD_OTHER_PORT, len);
+        }
+        // Packet pointers again: the helper call invalidated the verifier's checks.
+        // Every byte written below (MACs, TTL and checksum, hop limit) lies in the
+        // first ETH_HDR + IPV4_HDR bytes.
+        let (start, end) = (ctx.data(), ctx.data_end());
+        if start + ETH_HDR + IPV4_HDR > end {
+            return to_stack(FWD_UNSUPPORTED, len);
+        }
+        let eth = start as *mut u8;
+        let ip = (start + ETH_HDR) as *mut u8;
+        // SAFETY: inside the headers checked just above.
+        unsafe {
+            if v6 {
+                *ip.add(7) -= 1;
+            } else {
+                // Incremental checksum update for TTL - 1 (RFC 1624), as the kernel's
+                // ip_decrease_ttl: the checksum's high byte goes up by one, with the
+                // end-around carry.
+                let check = u32::from(u16::from_be_bytes([*ip.add(10), *ip.add(11)])) + 0x0100;
+                let check = (check + u32::from(check >= 0xFFFF)) as u16;
+                let [hi, lo] = check.to_be_bytes();
+                *ip.add(10) = hi;
+                *ip.add(11) = lo;
+                *ip.add(8) -= 1;
+            }
+            for i in 0..6 {
+                *eth.add(i) = p.dmac[i];
+                *eth.add(6 + i) = p.smac[i];
+            }
+        }
+        match FWD_PORTS.redirect(p.ifindex, u64::from(xdp_action::XDP_PASS)) {
+            Ok(action) => {
+                bump(&FWD_STATS, FWD_REDIRECTED, len);
+                action
+            }
+            // Removed from FWD_PORTS since the check above: the stack forwards it.
+            Err(_) => to_stack(FWD_OTHER_PORT, len),
+        }
     }
 
     #[inline(always)]

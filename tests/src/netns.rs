@@ -292,3 +292,58 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// Turn on GRO (legacy ethtool ioctl): it gives veth a NAPI receive path, which
+/// XDP frames sent to it (XDP_TX from its peer, or XDP_REDIRECT to its peer) need
+/// when no XDP program is attached on the receiving side.
+///
+/// # Errors
+/// The ioctl's error.
+pub fn set_gro(ns: &Netns, dev: &str) -> anyhow::Result<()> {
+    ethtool_set(ns, dev, ETHTOOL_SGRO, 1)
+}
+
+/// Turn transmit checksum offload off: the packets `dev` sends carry complete
+/// checksums. On veth a locally generated TCP/UDP packet otherwise carries only the
+/// pseudo-header sum (CHECKSUM_PARTIAL), which the stack completes on forwarding but
+/// an XDP redirect (a frame, no skb metadata) does not; frames from a real wire are
+/// always complete.
+///
+/// # Errors
+/// The ioctl's error.
+pub fn tx_checksum_off(ns: &Netns, dev: &str) -> anyhow::Result<()> {
+    ethtool_set(ns, dev, ETHTOOL_STXCSUM, 0)
+}
+
+const ETHTOOL_SGRO: u32 = 0x2c;
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+/// One legacy ethtool "set value" ioctl (`struct ethtool_value`) on `dev` in `ns`.
+fn ethtool_set(ns: &Netns, dev: &str, cmd: u32, value: u32) -> anyhow::Result<()> {
+    let dev = dev.to_owned();
+    ns.run(move || -> anyhow::Result<()> {
+        const SIOCETHTOOL: libc::c_ulong = 0x8946;
+        let mut val: [u32; 2] = [cmd, value];
+        // SAFETY: plain socket for the ioctl, closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: zeroed ifreq with a NUL-terminated name and a pointer to `val`,
+        // which outlives the call.
+        let rc = unsafe {
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            for (d, s) in ifr.ifr_name.iter_mut().zip(dev.bytes()) {
+                *d = s as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_data = val.as_mut_ptr().cast();
+            let rc = libc::ioctl(fd, SIOCETHTOOL, &mut ifr);
+            libc::close(fd);
+            rc
+        };
+        anyhow::ensure!(
+            rc == 0,
+            "ethtool command {cmd:#x} on {dev}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    })
+}

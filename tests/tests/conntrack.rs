@@ -106,6 +106,7 @@ fn settings(internal: &[&str], timeouts: CtTimeouts) -> Settings {
         internal: internal.iter().map(|n| n.parse().unwrap()).collect(),
         conntrack: Some(timeouts),
         gateway_own: true,
+        fast_forward: Vec::new(),
     }
 }
 

@@ -11,7 +11,7 @@ use tagwall_common::{
 
 use super::{Format, Location};
 use crate::{
-    dataplane::{CT_STAT_NAMES, Counters},
+    dataplane::{CT_STAT_NAMES, Counters, FWD_STAT_NAMES},
     state::PolicyState,
 };
 
@@ -85,6 +85,7 @@ pub fn render(
                 "rules": c.rules.iter().map(|(id, k)| json!({"id": id, "name": name(*id), "packets": k.packets, "bytes": k.bytes})).collect::<Vec<_>>(),
                 "reasons": c.reasons.iter().map(|((d, r), k)| json!({"direction": dir_name(*d), "reason": reason_name(*r), "packets": k.packets, "bytes": k.bytes})).collect::<Vec<_>>(),
                 "conntrack": CT_STAT_NAMES.iter().zip(c.conntrack).map(|(n, v)| (n.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "fast_forward": FWD_STAT_NAMES.iter().zip(c.fast_forward).map(|(n, k)| (n.to_string(), json!({"packets": k.packets, "bytes": k.bytes}))).collect::<serde_json::Map<_, _>>(),
             });
             Ok(serde_json::to_string_pretty(&v)? + "\n")
         }
@@ -123,6 +124,17 @@ pub fn render(
             writeln!(s, "\n{:<16} {:>14}", "CONNTRACK", "PACKETS")?;
             for (n, v) in CT_STAT_NAMES.iter().zip(c.conntrack) {
                 writeln!(s, "{n:<16} {v:>14}")?;
+            }
+            // Only a gateway with [fast_forward] counts here.
+            if c.fast_forward.iter().any(|k| k.packets != 0) {
+                writeln!(
+                    s,
+                    "\n{:<16} {:>14} {:>16}",
+                    "FAST FORWARD", "PACKETS", "BYTES"
+                )?;
+                for (n, k) in FWD_STAT_NAMES.iter().zip(c.fast_forward) {
+                    writeln!(s, "{n:<16} {:>14} {:>16}", k.packets, k.bytes)?;
+                }
             }
             Ok(s)
         }

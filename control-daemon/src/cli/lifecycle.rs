@@ -73,6 +73,7 @@ pub fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
         state.tags.as_deref(),
         &state.tags_dir,
         &addrs,
+        state.host,
     )
     .with_context(|| {
         format!(

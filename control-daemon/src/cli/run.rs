@@ -71,7 +71,8 @@ pub struct Prepared {
     pub settings: Settings,
 }
 
-/// Load, build and compile a config: what `run`, SIGHUP and `tagwall reload` share.
+/// Load, build and compile a config: what `run`, SIGHUP and `tagwall reload` share
+/// (`host`: host mode, which cannot fast-forward).
 ///
 /// # Errors
 /// Config, tags or compile errors naming the file.
@@ -80,15 +81,33 @@ pub fn prepare(
     tags: Option<&std::path::Path>,
     tags_dir: &std::path::Path,
     addrs: &[std::net::IpAddr],
+    host: bool,
 ) -> anyhow::Result<Prepared> {
     let (config, effective) = super::policy::load(policy, tags, tags_dir, addrs)?;
+    if host && !config.fast_forward.interfaces.is_empty() {
+        bail!(
+            "{}: [fast_forward] is for gateway mode (XDP); host mode does not forward",
+            policy.display()
+        );
+    }
     let compiled = compile(&effective.rules, config.datapath.port_sets as usize)
         .with_context(|| format!("compiling {}", policy.display()))?;
+    let mut fast_forward = Vec::new();
+    for name in &config.fast_forward.interfaces {
+        let Some(i) = crate::netif::index(name) else {
+            bail!(
+                "{}: [fast_forward] interfaces: no interface {name:?} in this network namespace",
+                policy.display()
+            );
+        };
+        fast_forward.push(i);
+    }
     let settings = Settings {
         audit: config.audit,
         internal: config.internal_prefixes.clone(),
         conntrack: config.conntrack.timeouts(),
         gateway_own: config.management.gateway_own_traffic,
+        fast_forward,
     };
     Ok(Prepared {
         config,
@@ -118,7 +137,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for i in &ifaces {
         addrs.extend(netif::addresses(i).with_context(|| format!("reading addresses of {i}"))?);
     }
-    let prepared = prepare(&args.policy, args.tags.as_deref(), &args.tags_dir, &addrs)?;
+    let prepared = prepare(
+        &args.policy,
+        args.tags.as_deref(),
+        &args.tags_dir,
+        &addrs,
+        args.host,
+    )?;
     let dns_mode = prepared
         .config
         .dns
@@ -332,7 +357,14 @@ fn reload(
     obs: &Observability,
 ) -> Option<(Vec<FqdnRule>, crate::dns::DnsConfig)> {
     let t0 = Instant::now();
-    let res = prepare(&args.policy, args.tags.as_deref(), &args.tags_dir, addrs).and_then(|p| {
+    let res = prepare(
+        &args.policy,
+        args.tags.as_deref(),
+        &args.tags_dir,
+        addrs,
+        args.host,
+    )
+    .and_then(|p| {
         let same_names = p.effective.fqdns == fqdns;
         let stats = enforcer.replace(p.effective.rules.clone(), p.settings.clone(), same_names)?;
         Ok((p, stats, same_names))

@@ -27,7 +27,7 @@ use super::{
     maps::{self, EventCounters},
 };
 use crate::{
-    dataplane::{CT_STAT_NAMES, Counters},
+    dataplane::{CT_STAT_NAMES, Counters, FWD_STAT_NAMES},
     dns::{DnsHandle, StatsSnapshot},
     enforcer::Enforcer,
     policy::RuleKind,
@@ -213,6 +213,18 @@ pub fn render(d: &MetricsData) -> String {
     );
     for (n, v) in CT_STAT_NAMES.iter().zip(c.conntrack) {
         o.line("tagwall_conntrack_events_total", &[("event", n)], v);
+    }
+    o.head(
+        "tagwall_fast_forward_packets_total",
+        "counter",
+        "Allowed packets on a gateway with [fast_forward]: redirected by XDP, or passed to the kernel's stack and why.",
+    );
+    for (n, k) in FWD_STAT_NAMES.iter().zip(c.fast_forward) {
+        o.line(
+            "tagwall_fast_forward_packets_total",
+            &[("outcome", n)],
+            k.packets,
+        );
     }
     o.gauge(
         "tagwall_conntrack_entries",

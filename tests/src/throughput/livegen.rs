@@ -99,6 +99,32 @@ pub fn map_update(map: &OwnedFd, key: &[u8], value: &[u8]) -> anyhow::Result<()>
     Ok(())
 }
 
+const BPF_LINK_CREATE: i64 = 28;
+const BPF_XDP: u64 = 37;
+const XDP_FLAGS_DRV_MODE: u64 = 1 << 2;
+const XDP_DROP: i32 = 1;
+
+/// Attach an XDP program that drops every frame to `ifindex` (native mode, in the
+/// calling thread's network namespace): the benchmark's sink. Detached when the
+/// returned link is closed.
+///
+/// # Errors
+/// The kernel refusing the program or the link.
+pub fn attach_xdp_drop(ifindex: u32) -> anyhow::Result<OwnedFd> {
+    let insns = [insn(0xb7, 0, 0, 0, XDP_DROP), insn(0x95, 0, 0, 0, 0)];
+    let license = c"GPL";
+    let mut attr = [0u64; 20];
+    attr[0] = u64::from(BPF_PROG_TYPE_XDP) | ((insns.len() as u64) << 32); // type, insn_cnt
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    let prog = owned(sys_bpf(BPF_PROG_LOAD, &mut attr).context("loading the XDP_DROP sink")?);
+    let mut attr = [0u64; 8];
+    attr[0] = prog.as_raw_fd() as u64 | (u64::from(ifindex) << 32); // prog_fd, target_ifindex
+    attr[1] = BPF_XDP | (XDP_FLAGS_DRV_MODE << 32); // attach_type, flags
+    let link = sys_bpf(BPF_LINK_CREATE, &mut attr).context("attaching the XDP_DROP sink")?;
+    Ok(owned(link))
+}
+
 /// One eBPF instruction.
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
     u64::from(code)

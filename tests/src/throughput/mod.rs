@@ -4,8 +4,12 @@
 //! packets it denies, with the AML default policy and the full Public Service Tags.
 //!
 //! ```text
-//!  gen ──veth (one queue per CPU)──▶ gw: filter on its ingress veth ─route─▶ ifb sink
+//!  gen ──veth (one queue per CPU)──▶ gw: filter on its ingress veth ─route─▶ veth ──▶ sink
 //! ```
+//!
+//! The sink is a veth whose far end (in a namespace of its own) drops every frame with
+//! XDP: what the kernel forwards and what tagwall's fast forwarding redirects end the
+//! same way (an XDP redirect needs a receiver that runs XDP).
 //!
 //! Every filter gets fresh namespaces (so no filter leaves hooks or tables behind for
 //! the next), its own private bpffs, and everything goes when the guards drop. The
@@ -62,6 +66,7 @@ pub enum Filter {
     None,
     TagwallNative,
     TagwallGeneric,
+    TagwallFastForward,
     Nft,
     NftIngress,
     IptablesIpset,
@@ -69,10 +74,11 @@ pub enum Filter {
 }
 
 impl Filter {
-    const ALL: [Filter; 7] = [
+    const ALL: [Filter; 8] = [
         Filter::None,
         Filter::TagwallNative,
         Filter::TagwallGeneric,
+        Filter::TagwallFastForward,
         Filter::Nft,
         Filter::NftIngress,
         Filter::IptablesIpset,
@@ -84,6 +90,7 @@ impl Filter {
             Filter::None => "no filter",
             Filter::TagwallNative => "tagwall (native XDP)",
             Filter::TagwallGeneric => "tagwall (generic XDP)",
+            Filter::TagwallFastForward => "tagwall (native XDP, fast forward)",
             Filter::Nft => "nftables (tagwall export --nft)",
             Filter::NftIngress => "nftables, same sets at netdev ingress",
             Filter::IptablesIpset => "iptables-legacy + ipset",
@@ -313,45 +320,17 @@ fn cpu_ns(tids: &[i32]) -> anyhow::Result<u64> {
 struct Topo {
     // Field order is drop order: the daemon before its namespace.
     daemon: Option<ChildGuard>,
+    /// The XDP_DROP program on the sink's far end (detached on drop).
+    _sink_link: OwnedFd,
     gen_ns: Netns,
     gw: Netns,
+    _sink_ns: Netns,
     gen_if: String,
     gw_in: String,
+    /// The gateway's end of the sink veth (where forwarded packets leave).
     sink: String,
     bpffs: Bpffs,
     dir: TempDir,
-}
-
-/// Turn on GRO (legacy ethtool ioctl): it gives veth a NAPI receive path, which
-/// frames sent with XDP_TX need when no XDP program is attached on the receiving side.
-fn set_gro(ns: &Netns, dev: &str) -> anyhow::Result<()> {
-    let dev = dev.to_owned();
-    ns.run(move || -> anyhow::Result<()> {
-        const SIOCETHTOOL: libc::c_ulong = 0x8946;
-        const ETHTOOL_SGRO: u32 = 0x2c;
-        let mut val: [u32; 2] = [ETHTOOL_SGRO, 1];
-        // SAFETY: plain socket for the ioctl, closed below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-        ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        // SAFETY: zeroed ifreq with a NUL-terminated name and a pointer to `val`,
-        // which outlives the call.
-        let rc = unsafe {
-            let mut ifr: libc::ifreq = std::mem::zeroed();
-            for (d, s) in ifr.ifr_name.iter_mut().zip(dev.bytes()) {
-                *d = s as libc::c_char;
-            }
-            ifr.ifr_ifru.ifru_data = val.as_mut_ptr().cast();
-            let rc = libc::ioctl(fd, SIOCETHTOOL, &mut ifr);
-            libc::close(fd);
-            rc
-        };
-        ensure!(
-            rc == 0,
-            "ETHTOOL_SGRO on {dev}: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(())
-    })
 }
 
 impl Topo {
@@ -395,19 +374,69 @@ impl Topo {
             ns.ip(&["addr", "add", &format!("{a6}/64"), "dev", dev, "nodad"]);
             ns.ip(&["link", "set", dev, "up"]);
         }
-        // The sink: an ifb device counts and frees what is routed to it.
-        gw.ip(&["link", "add", &sink, "type", "ifb"]);
+        // The sink: a veth to a namespace whose end drops every frame with XDP, reached
+        // through one next hop with a permanent neighbour entry (as a gateway VM's
+        // default route to the platform's router).
+        let (sink_ns, sink_far) = (Netns::new("ts"), unique("tsf"));
+        let sink_mac = mac_str(SINK_MAC);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &sink,
+            "netns",
+            &gw.name,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &sink_far,
+            "address",
+            &sink_mac,
+            "netns",
+            &sink_ns.name,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+        ]);
+        gw.ip(&["addr", "add", "10.78.9.1/24", "dev", &sink]);
+        gw.ip(&["addr", "add", "fd78:9::1/64", "dev", &sink, "nodad"]);
         gw.ip(&["link", "set", &sink, "up"]);
-        gw.exec(&["tc", "qdisc", "replace", "dev", &sink, "root", "noqueue"]);
-        gw.ip(&["route", "add", "default", "dev", &sink]);
-        gw.ip(&["-6", "route", "add", "default", "dev", &sink]);
+        sink_ns.ip(&["link", "set", &sink_far, "up"]);
+        for (fam, hop) in [("-4", "10.78.9.2"), ("-6", "fd78:9::2")] {
+            gw.ip(&[
+                fam,
+                "neigh",
+                "replace",
+                hop,
+                "lladdr",
+                &sink_mac,
+                "dev",
+                &sink,
+                "nud",
+                "permanent",
+            ]);
+            gw.ip(&[fam, "route", "add", "default", "via", hop, "dev", &sink]);
+        }
+        let far = sink_far.clone();
+        let sink_link = sink_ns.run(move || -> anyhow::Result<OwnedFd> {
+            let idx = tagwall::netif::index(&far).context("sink veth vanished")?;
+            livegen::attach_xdp_drop(idx)
+        })?;
         gw.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         gw.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-        set_gro(&gw, &gw_in)?;
+        crate::netns::set_gro(&gw, &gw_in)?;
         Ok(Self {
             daemon: None,
+            _sink_link: sink_link,
             gen_ns,
             gw,
+            _sink_ns: sink_ns,
             gen_if,
             gw_in,
             sink,
@@ -479,11 +508,24 @@ fn setup(f: Filter, p: &Policy, cpus: usize) -> anyhow::Result<Topo> {
     let mut t = Topo::new(cpus)?;
     match f {
         Filter::None => {}
-        Filter::TagwallNative | Filter::TagwallGeneric => {
-            let mode = if f == Filter::TagwallNative {
-                "native"
-            } else {
+        Filter::TagwallNative | Filter::TagwallGeneric | Filter::TagwallFastForward => {
+            let mode = if f == Filter::TagwallGeneric {
                 "generic"
+            } else {
+                "native"
+            };
+            let config = if f == Filter::TagwallFastForward {
+                // The same policy, plus fast forwarding out of the sink veth (next to
+                // the original, whose relative paths it shares).
+                let text = std::fs::read_to_string(&p.config)?;
+                let ff = p.config.with_file_name(format!("ff-{}.toml", t.sink));
+                std::fs::write(
+                    &ff,
+                    format!("{text}\n[fast_forward]\ninterfaces = [\"{}\"]\n", t.sink),
+                )?;
+                ff
+            } else {
+                p.config.clone()
             };
             let log = t.dir.path.join("tagwall.log");
             let mut cmd = t.gw_cmd(tagwall_bin().to_str().context("utf-8 path")?);
@@ -492,7 +534,7 @@ fn setup(f: Filter, p: &Policy, cpus: usize) -> anyhow::Result<Topo> {
                 .arg("--state-dir")
                 .arg(t.dir.path.join("state"))
                 .arg("--policy")
-                .arg(&p.config)
+                .arg(&config)
                 .env("TAGWALL_LOG", "info");
             let mut guard = ChildGuard::spawn(cmd, &log);
             let attached = wait_for(Duration::from_secs(60), || {
@@ -784,6 +826,7 @@ mod xtables {
 
 const GEN_MAC: [u8; 6] = [0x02, 0x78, 0, 0, 0, 0x02];
 const GW_MAC: [u8; 6] = [0x02, 0x78, 0, 0, 0, 0x01];
+const SINK_MAC: [u8; 6] = [0x02, 0x78, 0, 0, 0, 0x09];
 
 fn mac_str(m: [u8; 6]) -> String {
     m.iter()
@@ -1095,6 +1138,15 @@ pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
                         f.label(),
                         s.forwarded * 100.0
                     );
+                    if f == Filter::TagwallFastForward && tr == Traffic::Allow {
+                        let share = redirected_share(&t)?;
+                        ensure!(
+                            share > 0.95,
+                            "{}: fast forwarding redirected only {:.1}% of the allowed packets",
+                            p.name,
+                            share * 100.0
+                        );
+                    }
                     res.samples.entry((pi, f, tr)).or_default().push((round, s));
                 }
                 drop(t);
@@ -1102,6 +1154,27 @@ pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
         }
     }
     Ok(report(&pols, &res, o, cmd, machine, cpus))
+}
+
+/// Of the allowed packets tagwall's fast forwarding handled, the share it redirected
+/// itself (the rest went up the stack), from `tagwall counters`.
+fn redirected_share(t: &Topo) -> anyhow::Result<f64> {
+    let c = json(
+        t.gw_cmd(tagwall_bin().to_str().context("utf-8 path")?)
+            .args([
+                "counters", "--iface", &t.gw_in, "--format", "json", "--bpffs",
+            ])
+            .arg(&t.bpffs.path)
+            .arg("--state-dir")
+            .arg(t.dir.path.join("state")),
+    )?;
+    let ff = c["fast_forward"]
+        .as_object()
+        .context("no fast_forward in tagwall counters")?;
+    let get = |k: &serde_json::Value| k["packets"].as_u64().unwrap_or(0) as f64;
+    let all: f64 = ff.values().map(get).sum();
+    ensure!(all > 0.0, "tagwall counted no fast-forward outcome");
+    Ok(get(&ff["redirected"]) / all)
 }
 
 fn ratio_median(samples: &BTreeMap<Key, Vec<(usize, Sample)>>, a: Key, b: Key) -> f64 {
@@ -1133,7 +1206,8 @@ fn report(
     let _ = writeln!(
         s,
         "Method: generator namespace --veth ({cpus} queues)--> gateway namespace (filter on \
-         its ingress veth, IPv4/IPv6 forwarding, GRO on) --> ifb sink. The generator injects \
+         its ingress veth, IPv4/IPv6 forwarding, GRO on) --> veth to a sink namespace whose end \
+         drops every frame with XDP (one next hop, permanent neighbour entry). The generator injects \
          TCP SYNs to port {PORT} as XDP frames (BPF_PROG_RUN live frames, XDP_TX out of the \
          generator's veth; one pinned thread per CPU, IPv4 and IPv6 in alternating chunks of \
          32768 frames), each to a destination drawn at random from {DESTS} IPv4 + {DESTS} IPv6 \
@@ -1203,10 +1277,15 @@ fn report(
         );
         let _ = writeln!(
             s,
-            "- ceiling for allowed traffic on this path: no filter at all is {ceiling:.2}x \
-             nftables (forwarding, not filtering, dominates an allowed packet's cost here)"
+            "- ceiling for allowed traffic through the kernel's forwarding path: no filter at \
+             all is {ceiling:.2}x nftables (forwarding, not filtering, dominates an allowed \
+             packet's cost here); only fast forwarding, which skips that path, can go past it"
         );
-        for f in [Filter::TagwallNative, Filter::TagwallGeneric] {
+        for f in [
+            Filter::TagwallNative,
+            Filter::TagwallGeneric,
+            Filter::TagwallFastForward,
+        ] {
             for tr in [Traffic::Allow, Traffic::Deny] {
                 let r = ratio_median(samples, (pi, f, tr), (pi, Filter::Nft, tr));
                 let ri = ratio_median(samples, (pi, f, tr), (pi, Filter::NftIngress, tr));
@@ -1277,6 +1356,11 @@ fn report(
          - tagwall: `tagwall run --mode native|generic` on the gateway's ingress veth with the \
          policy file (native: in veth's NAPI poll on the XDP frame, before any sk_buff; \
          generic: after GRO, on the sk_buff).\n\
+         - tagwall fast forward: the same as native plus `[fast_forward] interfaces = \
+         [<sink veth>]`: an allowed packet is forwarded by the XDP program itself (FIB \
+         lookup, TTL, MACs, redirect to the sink veth) instead of by the kernel's IP stack; \
+         netfilter never sees it. Opt-in, for gateways that do not also NAT or filter with \
+         netfilter.\n\
          - nftables: `tagwall export --nft --iif <veth> --gateway-address ...` loaded with \
          `nft -f` (inet table, forward hook, interval sets, one lookup per set kind), \
          no conntrack.\n\
