@@ -208,9 +208,9 @@ impl Datapath {
 #[serde(default, deny_unknown_fields)]
 pub struct FastForward {
     /// Egress interfaces (names in the daemon's network namespace). They must be able
-    /// to transmit XDP frames (`ndo_xdp_xmit`: mlx5, hv_netvsc on Linux 6.0+, veth
-    /// whose peer runs XDP or has GRO on, ...); the kernel drops a redirected frame an
-    /// interface cannot send.
+    /// to transmit XDP frames (`ndo_xdp_xmit`: mlx5, ixgbe, i40e, veth whose peer runs
+    /// XDP or has GRO on, ...); the kernel drops a redirected frame an interface cannot
+    /// send.
     pub interfaces: Vec<String>,
 }
 
