@@ -827,27 +827,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The ifindexes in `FWD_PORTS` (fast-forwarding egress interfaces).
-    ///
-    /// # Errors
-    /// Map errors.
-    pub fn fast_forward_ports(&self) -> Result<Vec<u32>> {
-        let map = self
-            .ebpf
-            .map(names::MAP_FWD_PORTS)
-            .ok_or(DataplaneError::MissingMap {
-                name: names::MAP_FWD_PORTS,
-            })?;
-        let ports: DevMapHash<&MapData> =
-            DevMapHash::try_from(map).map_err(map_err(names::MAP_FWD_PORTS))?;
-        let mut v = ports
-            .keys()
-            .collect::<std::result::Result<Vec<u32>, _>>()
-            .map_err(map_err(names::MAP_FWD_PORTS))?;
-        v.sort_unstable();
-        Ok(v)
-    }
-
     /// Write `entries` (sorted shortest first) into the inactive `slot`, emptied by
     /// `clear_slot`: the multibit trie when they fit (`Some(nodes used)`), else the
     /// LPM tries (`None`).
