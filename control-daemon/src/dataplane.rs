@@ -322,32 +322,52 @@ pub struct Dataplane {
     links: Vec<PinnedLink>,
 }
 
-/// Load an XDP program of the object; returns a copy of its fd.
-fn load_xdp(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::programs::ProgramFd> {
+/// Put the loaded stage-2 programs into the tail-call tables (`on`), or take them
+/// out. Loading links them; the benchmark unlinks them to measure stage 1 alone.
+fn link_stage2(ebpf: &mut Ebpf, on: bool) -> Result<()> {
+    for (map_name, prog_name) in [
+        (names::MAP_JUMP_XDP, names::PROG_XDP_DECIDE),
+        (names::MAP_JUMP_TC, names::PROG_TC_DECIDE),
+    ] {
+        let fd = ebpf
+            .program(prog_name)
+            .ok_or(DataplaneError::MissingProgram { name: prog_name })?
+            .fd()
+            .map_err(verifier(prog_name))?
+            .try_clone()
+            .map_err(DataplaneError::ProgFd)?;
+        let map = ebpf
+            .map_mut(map_name)
+            .ok_or(DataplaneError::MissingMap { name: map_name })?;
+        let mut jump: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(map).map_err(map_err(map_name))?;
+        if on {
+            jump.set(0, &fd, 0).map_err(map_err(map_name))?;
+        } else {
+            jump.clear_index(&0).map_err(map_err(map_name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Load an XDP program of the object.
+fn load_xdp(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
     let prog: &mut Xdp = ebpf
         .program_mut(name)
         .ok_or(DataplaneError::MissingProgram { name })?
         .try_into()
         .map_err(verifier(name))?;
-    prog.load().map_err(verifier(name))?;
-    prog.fd()
-        .map_err(verifier(name))?
-        .try_clone()
-        .map_err(DataplaneError::ProgFd)
+    prog.load().map_err(verifier(name))
 }
 
-/// Load a TC program of the object; returns a copy of its fd.
-fn load_tc(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::programs::ProgramFd> {
+/// Load a TC program of the object.
+fn load_tc(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut(name)
         .ok_or(DataplaneError::MissingProgram { name })?
         .try_into()
         .map_err(verifier(name))?;
-    prog.load().map_err(verifier(name))?;
-    prog.fd()
-        .map_err(verifier(name))?
-        .try_clone()
-        .map_err(DataplaneError::ProgFd)
+    prog.load().map_err(verifier(name))
 }
 
 fn verifier(prog: &'static str) -> impl Fn(aya::programs::ProgramError) -> DataplaneError {
@@ -403,22 +423,12 @@ impl Dataplane {
             }
         };
         load_xdp(&mut ebpf, names::PROG_XDP)?;
-        let xdp_decide = load_xdp(&mut ebpf, names::PROG_XDP_DECIDE)?;
+        load_xdp(&mut ebpf, names::PROG_XDP_DECIDE)?;
         load_tc(&mut ebpf, names::PROG_TC_EGRESS)?;
         load_tc(&mut ebpf, names::PROG_TC_INGRESS)?;
         load_tc(&mut ebpf, names::PROG_TC_LOCAL)?;
-        let tc_decide = load_tc(&mut ebpf, names::PROG_TC_DECIDE)?;
-        for (name, fd) in [
-            (names::MAP_JUMP_XDP, &xdp_decide),
-            (names::MAP_JUMP_TC, &tc_decide),
-        ] {
-            let map = ebpf
-                .map_mut(name)
-                .ok_or(DataplaneError::MissingMap { name })?;
-            let mut jump: ProgramArray<&mut MapData> =
-                ProgramArray::try_from(map).map_err(map_err(name))?;
-            jump.set(0, fd, 0).map_err(map_err(name))?;
-        }
+        load_tc(&mut ebpf, names::PROG_TC_DECIDE)?;
+        link_stage2(&mut ebpf, true)?;
         let (mapping, entries) = map_lookup(&ebpf)?;
         let use_nodes = opts.lookup_nodes.clamp(
             tagwall_common::stride::ROOTS + 2,
@@ -865,28 +875,7 @@ impl Dataplane {
     /// # Errors
     /// Map errors.
     pub fn link_second_stage(&mut self, on: bool) -> Result<()> {
-        for (map_name, prog_name) in [
-            (names::MAP_JUMP_XDP, names::PROG_XDP_DECIDE),
-            (names::MAP_JUMP_TC, names::PROG_TC_DECIDE),
-        ] {
-            let fd = self
-                .ebpf
-                .program(prog_name)
-                .ok_or(DataplaneError::MissingProgram { name: prog_name })?
-                .fd()
-                .map_err(verifier(prog_name))?
-                .try_clone()
-                .map_err(DataplaneError::ProgFd)?;
-            let map = self.map_mut(map_name)?;
-            let mut jump: ProgramArray<&mut MapData> =
-                ProgramArray::try_from(map).map_err(map_err(map_name))?;
-            if on {
-                jump.set(0, &fd, 0).map_err(map_err(map_name))?;
-            } else {
-                jump.clear_index(&0).map_err(map_err(map_name))?;
-            }
-        }
-        Ok(())
+        link_stage2(&mut self.ebpf, on)
     }
 
     /// The active policy slot and the first `PORT_SETS` index of it.

@@ -67,6 +67,8 @@ pub struct Lab {
     pub gw_b: String,
     /// The client's interface (host mode attaches here).
     pub c0: String,
+    /// inet-a's end of its veth to the gateway.
+    pub a0: String,
     pub bpffs: Bpffs,
     pub dir: TempDir,
 }
@@ -127,6 +129,7 @@ impl Lab {
             gw_a: ga,
             gw_b: gb,
             c0,
+            a0,
             bpffs: Bpffs::new(),
             dir: TempDir::new("lab"),
         }
@@ -135,19 +138,9 @@ impl Lab {
     /// Give inet-a another address (e.g. one inside a real service tag) and route it
     /// from the gateway; traffic stays inside the lab.
     pub fn add_inet_a_address(&self, ip: &str) {
-        let dev = String::from_utf8(
-            self.inet_a
-                .ip(&["-o", "link", "show", "type", "veth"])
-                .stdout,
-        )
-        .expect("utf-8")
-        .split(':')
-        .nth(1)
-        .map(|s| s.trim().split('@').next().unwrap_or("").to_owned())
-        .expect("inet-a veth");
         let v6 = ip.contains(':');
         let host = format!("{ip}/{}", if v6 { 128 } else { 32 });
-        let mut args = vec!["addr", "add", &host, "dev", &dev];
+        let mut args = vec!["addr", "add", &host, "dev", &self.a0];
         if v6 {
             args.push("nodad");
         }

@@ -145,22 +145,10 @@ fn allowed_packets_are_forwarded_by_xdp_and_the_rest_by_the_stack() {
     // Frames redirected to a veth arrive through its peer's NAPI: GRO on the client's
     // and inet-a's ends (a real NIC needs nothing of the kind).
     set_gro(&lab.client, &lab.c0).expect("GRO on the client veth");
-    let a0 = String::from_utf8(
-        lab.inet_a
-            .ip(&["-o", "link", "show", "type", "veth"])
-            .stdout,
-    )
-    .expect("utf-8");
-    let a0 = a0
-        .split(':')
-        .nth(1)
-        .and_then(|n| n.trim().split('@').next())
-        .expect("inet-a veth name")
-        .to_owned();
-    set_gro(&lab.inet_a, &a0).expect("GRO on inet-a's veth");
+    set_gro(&lab.inet_a, &lab.a0).expect("GRO on inet-a's veth");
     // And complete checksums from the sockets at both ends (see `tx_checksum_off`).
     tx_checksum_off(&lab.client, &lab.c0).expect("client tx checksum");
-    tx_checksum_off(&lab.inet_a, &a0).expect("inet-a tx checksum");
+    tx_checksum_off(&lab.inet_a, &lab.a0).expect("inet-a tx checksum");
 
     let web_a = tcp_echo(&lab.inet_a, sa(INET_A_V4, 8080));
     let _web_a6 = tcp_echo(&lab.inet_a, sa(INET_A_V6, 8080));

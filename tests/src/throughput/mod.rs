@@ -333,39 +333,45 @@ struct Topo {
     dir: TempDir,
 }
 
+/// `ip link add` of a veth pair, each end `(name, namespace, MAC or None for a
+/// random one)`, with `queues` TX and RX queues on both ends.
+fn veth_pair(a: (&str, &Netns, Option<&str>), b: (&str, &Netns, Option<&str>), queues: &str) {
+    let end = |(name, ns, mac): (&str, &Netns, Option<&str>)| {
+        let mut v = vec![name.to_owned()];
+        if let Some(m) = mac {
+            v.extend(["address".to_owned(), m.to_owned()]);
+        }
+        v.extend(
+            [
+                "netns",
+                &ns.name,
+                "numtxqueues",
+                queues,
+                "numrxqueues",
+                queues,
+            ]
+            .map(str::to_owned),
+        );
+        v
+    };
+    let mut args: Vec<String> = ["ip", "link", "add"].map(str::to_owned).to_vec();
+    args.extend(end(a));
+    args.extend(["type", "veth", "peer", "name"].map(str::to_owned));
+    args.extend(end(b));
+    sh(&args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
 impl Topo {
     fn new(cpus: usize) -> anyhow::Result<Self> {
         let (gen_ns, gw) = (Netns::new("tg"), Netns::new("tw"));
         let (gen_if, gw_in, sink) = (unique("tg0"), unique("twi"), unique("tws"));
         let q = cpus.to_string();
         let (gen_mac, gw_mac) = (mac_str(GEN_MAC), mac_str(GW_MAC));
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &gen_if,
-            "address",
-            &gen_mac,
-            "netns",
-            &gen_ns.name,
-            "numtxqueues",
+        veth_pair(
+            (&gen_if, &gen_ns, Some(&gen_mac)),
+            (&gw_in, &gw, Some(&gw_mac)),
             &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &gw_in,
-            "address",
-            &gw_mac,
-            "netns",
-            &gw.name,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-        ]);
+        );
         for (ns, dev, a4, a6) in [
             (&gen_ns, &gen_if, GEN_V4, GEN_V6),
             (&gw, &gw_in, GW_V4, GW_V6),
@@ -379,31 +385,11 @@ impl Topo {
         // default route to the platform's router).
         let (sink_ns, sink_far) = (Netns::new("ts"), unique("tsf"));
         let sink_mac = mac_str(SINK_MAC);
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &sink,
-            "netns",
-            &gw.name,
-            "numtxqueues",
+        veth_pair(
+            (&sink, &gw, None),
+            (&sink_far, &sink_ns, Some(&sink_mac)),
             &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &sink_far,
-            "address",
-            &sink_mac,
-            "netns",
-            &sink_ns.name,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-        ]);
+        );
         gw.ip(&["addr", "add", "10.78.9.1/24", "dev", &sink]);
         gw.ip(&["addr", "add", "fd78:9::1/64", "dev", &sink, "nodad"]);
         gw.ip(&["link", "set", &sink, "up"]);
