@@ -13,7 +13,7 @@ mod parse;
 mod prog {
     use aya_ebpf::{
         bindings::{BPF_F_MMAPABLE, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup, xdp_action},
-        helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
+        helpers::{bpf_fib_lookup as fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns},
         macros::{classifier, map, xdp},
         maps::{
             Array, DevMapHash, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray,
@@ -484,10 +484,32 @@ mod prog {
         key: CtKey,
         /// The packet's source is endpoint A of `key`.
         src_is_a: u8,
+        /// This CPU's clock cache, see [`coarse_now`]: `jiffies` when `clock_ns` was
+        /// read (not written by stage 1, so it lives on between packets).
+        clock_jiffies: u64,
+        clock_ns: u64,
     }
 
     #[map]
     static FACTS: PerCpuArray<Facts> = PerCpuArray::with_max_entries(1, 0);
+
+    /// `CLOCK_MONOTONIC` in nanoseconds, coarse (`bpf_ktime_get_coarse_ns`), from this
+    /// CPU's cache in `FACTS`, read again only when `jiffies` moved. The verifier
+    /// inlines `bpf_jiffies64` into one load, while the clock helper was the largest
+    /// single cost of a tracked packet (a call into the kernel, ~16 ns on the benchmark
+    /// machine, see docs/profiling.md). The coarse clock itself only moves at a tick,
+    /// so the cache is at most one tick behind it, and another CPU's cache may be a
+    /// tick ahead: differences of these times must saturate, never wrap.
+    #[inline(always)]
+    fn coarse_now(f: &mut Facts) -> u64 {
+        // SAFETY: helpers without arguments.
+        let j = unsafe { bpf_jiffies64() };
+        if f.clock_jiffies != j {
+            f.clock_ns = unsafe { bpf_ktime_get_coarse_ns() };
+            f.clock_jiffies = j;
+        }
+        f.clock_ns
+    }
 
     #[inline(always)]
     fn word(b: &[u8; 16], i: usize) -> u32 {
@@ -548,12 +570,14 @@ mod prog {
         };
         let slot = cfg.slot as u8;
         let tracking = cfg.flags & CONFIG_F_CONNTRACK != 0;
+        let mut now = 0;
         if tracking && f.has_flow != 0 {
             fill_ct_key(f);
+            now = coarse_now(f);
         }
         let f = &*f;
         if tracking {
-            if let Some(v) = ct_continue(f, cfg) {
+            if let Some(v) = ct_continue(f, cfg, now) {
                 return v;
             }
         }
@@ -570,7 +594,7 @@ mod prog {
                 rule_id: 0,
             };
             if tracking {
-                ct_open(f, &v, cfg.generation);
+                ct_open(f, &v, cfg.generation, now);
             }
             return v;
         }
@@ -605,7 +629,7 @@ mod prog {
             cfg.flags,
         );
         if tracking && v.reason == REASON_ALLOWED {
-            ct_open(f, &v, cfg.generation);
+            ct_open(f, &v, cfg.generation, now);
         }
         v
     }
@@ -857,7 +881,7 @@ mod prog {
     /// A packet of a tracked flow: its verdict (established), after updating the
     /// flow's state. `None`: no live flow, judge the packet by the policy.
     #[inline(never)]
-    fn ct_continue(f: &Facts, cfg: &Config) -> Option<Verdict> {
+    fn ct_continue(f: &Facts, cfg: &Config, now: u64) -> Option<Verdict> {
         if f.has_flow == 0 {
             return None;
         }
@@ -866,8 +890,7 @@ mod prog {
         // SAFETY: a pointer into the map value; concurrent updates from other CPUs can
         // interleave field writes, which at worst mis-times one state change.
         let e = unsafe { &mut *e };
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
-        if now.wrapping_sub(e.last_seen_ns) > cfg.ct.for_state_ns(e.state, f.proto) {
+        if now.saturating_sub(e.last_seen_ns) > cfg.ct.for_state_ns(e.state, f.proto) {
             let _ = CONNTRACK.remove(key);
             ct_bump(CT_EXPIRED);
             return None;
@@ -952,7 +975,7 @@ mod prog {
 
     /// Track a flow the policy just allowed (TCP, UDP, ICMP echo requests).
     #[inline(never)]
-    fn ct_open(f: &Facts, v: &Verdict, generation: u32) {
+    fn ct_open(f: &Facts, v: &Verdict, generation: u32, now: u64) {
         if f.has_flow == 0 {
             return;
         }
@@ -973,7 +996,6 @@ mod prog {
             return;
         };
         let (key, src_is_a) = (&f.key, f.src_is_a != 0);
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
         // Field by field on a zeroed value: a literal's padding became a `memset` call.
         // SAFETY: all-zero is a valid CtValue (plain integers).
         let mut value: CtValue = unsafe { core::mem::zeroed() };
@@ -1053,16 +1075,18 @@ mod prog {
         if rc.flags == 0 {
             return;
         }
-        let Some(f) = FACTS.get(0) else {
+        let Some(f) = FACTS.get_ptr_mut(0) else {
             return;
         };
+        // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
+        let now = coarse_now(unsafe { &mut *f });
+        let f = unsafe { &*f };
         let action = if passed {
             ACTION_AUDIT_PASS
         } else {
             ACTION_DROP
         } as u8;
         let dport = if f.has_dport != 0 { f.dport } else { 0 };
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
         if rc.flags & REPORT_F_TOP != 0 {
             let (remote, local) = if dir == DIR_INGRESS {
                 (f.src, f.dst)
@@ -1109,7 +1133,7 @@ mod prog {
         };
         // SAFETY: this CPU's bucket; nothing else runs on this CPU meanwhile.
         let b = unsafe { &mut *b };
-        let mut credit = b.credit_ns.saturating_add(now.wrapping_sub(b.last_ns));
+        let mut credit = b.credit_ns.saturating_add(now.saturating_sub(b.last_ns));
         if credit > rc.burst_ns {
             credit = rc.burst_ns;
         }
