@@ -1,11 +1,21 @@
-//! Connection tracking: one LRU hash entry per flow, shared by both directions.
+//! Connection tracking: one LRU hash entry per flow, shared by both directions, in
+//! one table per address family (`CONNTRACK_V4`, `CONNTRACK_V6`).
 //!
 //! # Key
 //! A flow's two endpoints `(address, port)` are stored in a canonical order (the
-//! smaller endpoint first, comparing address bytes then port), so a packet and its
-//! reply find the same entry with one lookup. IPv4 addresses are stored as
-//! IPv4-mapped IPv6 (`::ffff:a.b.c.d`), so one map serves both families. ICMP and
-//! ICMPv6 echo flows use the echo identifier as both ports.
+//! smaller endpoint first, comparing address words then port), so a packet and its
+//! reply find the same entry with one lookup. ICMP and ICMPv6 echo flows use the echo
+//! identifier as both ports.
+//!
+//! The keys are as small as the kernel's hash allows ([`CtKeyV4`]: 12 bytes,
+//! [`CtKeyV6`]: 36): the table hashes the whole key with jhash on every lookup, and
+//! that hash was the largest cost of a tracked packet after the clock. The protocol
+//! is therefore kept in the value ([`CtValue::proto`]): a packet whose entry belongs
+//! to another protocol of the same addresses and ports is not of that flow (it is
+//! judged by the policy), and if the policy allows it, its flow replaces the other
+//! one. Both ends would have to use the same port pair for TCP and UDP at once.
+//!
+//! Listings see both tables as [`CtKey`]s (addresses as IPv6, IPv4 mapped).
 //!
 //! # Value
 //! [`CtValue::initiator`] says which endpoint opened the flow, so the datapath knows
@@ -21,7 +31,7 @@
 //! [`CtTimeouts`]; an entry idle longer than its state's timeout is dead: the next
 //! packet removes it and is judged by the policy as a new flow.
 
-/// Third word of an IPv4-mapped address in [`CtKey`] (bytes `00 00 ff ff`).
+/// Third word of an IPv4-mapped address (bytes `00 00 ff ff`), as in [`CtKey`].
 pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 /// Default maximum number of tracked flows (LRU: the least recently used flow is
@@ -39,18 +49,98 @@ pub const CT_REPLIED: u8 = 6;
 pub const CT_FIN_A: u8 = 1;
 pub const CT_FIN_B: u8 = 2;
 
-/// Key of the `CONNTRACK` map.
+/// Key of the `CONNTRACK_V4` map (12 bytes: jhash mixes it in one round).
 #[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKeyV4 {
+    /// The smaller endpoint's address, network order.
+    pub addr_a: u32,
+    pub addr_b: u32,
+    pub port_a: u16,
+    pub port_b: u16,
+}
+
+/// Key of the `CONNTRACK_V6` map (36 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKeyV6 {
+    /// The smaller endpoint's address: 16 bytes in network order.
+    pub addr_a: [u32; 4],
+    pub addr_b: [u32; 4],
+    pub port_a: u16,
+    pub port_b: u16,
+}
+
+/// A flow's key in its table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtTableKey {
+    /// `CONNTRACK_V4` (both addresses IPv4-mapped in the [`CtKey`]).
+    V4(CtKeyV4),
+    V6(CtKeyV6),
+}
+
+/// A tracked flow as the daemon lists it, from either table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CtKey {
-    /// The smaller endpoint's address: 16 bytes in network order, v4 mapped.
+    /// The smaller endpoint's address: 16 bytes in network order, IPv4 mapped.
     pub addr_a: [u32; 4],
     pub addr_b: [u32; 4],
     pub port_a: u16,
     pub port_b: u16,
     /// IP protocol.
     pub proto: u8,
-    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The listing form of a `CONNTRACK_V4` entry.
+    #[must_use]
+    pub const fn from_v4(k: &CtKeyV4, proto: u8) -> Self {
+        Self {
+            addr_a: [0, 0, V4_MAPPED_WORD, k.addr_a],
+            addr_b: [0, 0, V4_MAPPED_WORD, k.addr_b],
+            port_a: k.port_a,
+            port_b: k.port_b,
+            proto,
+        }
+    }
+
+    /// The listing form of a `CONNTRACK_V6` entry.
+    #[must_use]
+    pub const fn from_v6(k: &CtKeyV6, proto: u8) -> Self {
+        Self {
+            addr_a: k.addr_a,
+            addr_b: k.addr_b,
+            port_a: k.port_a,
+            port_b: k.port_b,
+            proto,
+        }
+    }
+
+    /// The table and key this flow has in the datapath.
+    #[must_use]
+    pub const fn table_key(&self) -> CtTableKey {
+        let mapped = self.addr_a[0] == 0
+            && self.addr_a[1] == 0
+            && self.addr_a[2] == V4_MAPPED_WORD
+            && self.addr_b[0] == 0
+            && self.addr_b[1] == 0
+            && self.addr_b[2] == V4_MAPPED_WORD;
+        if mapped {
+            CtTableKey::V4(CtKeyV4 {
+                addr_a: self.addr_a[3],
+                addr_b: self.addr_b[3],
+                port_a: self.port_a,
+                port_b: self.port_b,
+            })
+        } else {
+            CtTableKey::V6(CtKeyV6 {
+                addr_a: self.addr_a,
+                addr_b: self.addr_b,
+                port_a: self.port_a,
+                port_b: self.port_b,
+            })
+        }
+    }
 }
 
 /// Value of the `CONNTRACK` map.
@@ -73,8 +163,16 @@ pub struct CtValue {
     pub dir: u8,
     /// `CT_FIN_*` bits.
     pub fin: u8,
-    pub _pad: [u8; 4],
+    /// IP protocol of the flow (not in the key, see the module docs).
+    pub proto: u8,
+    pub _pad: [u8; 3],
 }
+
+// The kernel hashes the whole key (jhash2, a round per 12 bytes): the sizes are the
+// point of the keys.
+const _: () = assert!(core::mem::size_of::<CtKeyV4>() == 12);
+const _: () = assert!(core::mem::size_of::<CtKeyV6>() == 36);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
 
 /// Timeouts in seconds, per state. Part of the datapath `Config`.
 #[repr(C)]

@@ -30,7 +30,9 @@ pub mod names {
     pub const MAP_RULE_STATS: &str = "RULE_STATS";
     pub const MAP_REASON_STATS: &str = "REASON_STATS";
     pub const MAP_ACTION_STATS: &str = "ACTION_STATS";
-    pub const MAP_CONNTRACK: &str = "CONNTRACK";
+    /// Flow tables, one per address family (`ct`).
+    pub const MAP_CONNTRACK_V4: &str = "CONNTRACK_V4";
+    pub const MAP_CONNTRACK_V6: &str = "CONNTRACK_V6";
     pub const MAP_CT_STATS: &str = "CT_STATS";
     /// Egress interfaces for gateway fast forwarding (devmap hash, keyed by ifindex).
     pub const MAP_FWD_PORTS: &str = "FWD_PORTS";
@@ -62,7 +64,7 @@ pub mod names {
 mod pod {
     use crate::{
         counters::Counter,
-        ct::{CtKey, CtTimeouts, CtValue},
+        ct::{CtKeyV4, CtKeyV6, CtTimeouts, CtValue},
         policy::{Config, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortRule, PortSet},
         reports::{DenyEvent, ReportConfig, TokenBucket, TopKey, TopValue},
     };
@@ -76,7 +78,8 @@ mod pod {
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for PortSet {}
     unsafe impl aya::Pod for Config {}
-    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtKeyV4 {}
+    unsafe impl aya::Pod for CtKeyV6 {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for CtTimeouts {}
     unsafe impl aya::Pod for ReportConfig {}

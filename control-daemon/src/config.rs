@@ -98,7 +98,8 @@ pub struct Conntrack {
     /// Track flows: return traffic of allowed flows passes, unsolicited inbound is
     /// judged by inbound rules. Off: every packet is judged by the policy alone.
     pub enabled: bool,
-    /// Capacity of the flow table (LRU: the least recently used flow is evicted).
+    /// Capacity of each flow table, IPv4's and IPv6's (LRU: the least recently used
+    /// flow is evicted).
     /// Read when the datapath is first loaded; a restart that adopts it keeps its size.
     pub max_entries: u32,
     /// Idle timeouts in seconds, per state.

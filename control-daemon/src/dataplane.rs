@@ -24,7 +24,7 @@ use tagwall_common::{
     counters::{
         ACTION_MAX, Counter, DIR_MAX, KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, reason_index,
     },
-    ct::{CtKey, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES},
+    ct::{CtKey, CtKeyV4, CtKeyV6, CtTableKey, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES},
     names,
     policy::{
         CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_FAST_FORWARD, CONFIG_F_GATEWAY_OWN,
@@ -51,7 +51,7 @@ pub const OLD_SLOT_GRACE: Duration = Duration::from_millis(5);
 /// the last user-space reference to it goes, which would break the attached
 /// programs when the daemon exits; `FACTS` joins the two stages, so both must see
 /// the same one after a restart.
-pub const PINNED_MAPS: [&str; 20] = [
+pub const PINNED_MAPS: [&str; 21] = [
     names::MAP_POLICY_V4,
     names::MAP_POLICY_V6,
     names::MAP_LOOKUP,
@@ -60,7 +60,8 @@ pub const PINNED_MAPS: [&str; 20] = [
     names::MAP_RULE_STATS,
     names::MAP_REASON_STATS,
     names::MAP_ACTION_STATS,
-    names::MAP_CONNTRACK,
+    names::MAP_CONNTRACK_V4,
+    names::MAP_CONNTRACK_V6,
     names::MAP_CT_STATS,
     names::MAP_FWD_PORTS,
     names::MAP_FWD_STATS,
@@ -408,7 +409,8 @@ impl Dataplane {
             .map_max_entries(names::MAP_POLICY_V4, opts.max_prefixes)
             .map_max_entries(names::MAP_POLICY_V6, opts.max_prefixes)
             .map_max_entries(names::MAP_PORT_SETS, 2 * opts.sets_per_slot)
-            .map_max_entries(names::MAP_CONNTRACK, opts.ct_max_entries)
+            .map_max_entries(names::MAP_CONNTRACK_V4, opts.ct_max_entries)
+            .map_max_entries(names::MAP_CONNTRACK_V6, opts.ct_max_entries)
             .map_max_entries(names::MAP_TOP_DENIED, opts.top_denied_entries.max(1))
             .override_global(aya_log::LEVEL, &opts.log_level, false);
         for (name, path) in &pins {
@@ -996,20 +998,31 @@ impl Dataplane {
         }
     }
 
-    /// The tracked flows (for listings and tests).
+    /// The tracked flows of both tables (for listings and tests).
     ///
     /// # Errors
     /// Map errors.
     pub fn flows(&self) -> Result<Vec<(CtKey, CtValue)>> {
-        let map = self
-            .ebpf
-            .map(names::MAP_CONNTRACK)
-            .ok_or(DataplaneError::MissingMap {
-                name: names::MAP_CONNTRACK,
-            })?;
-        let ct: BpfHashMap<&MapData, CtKey, CtValue> =
-            BpfHashMap::try_from(map).map_err(map_err(names::MAP_CONNTRACK))?;
-        Ok(ct.iter().filter_map(std::result::Result::ok).collect())
+        let map = |name| {
+            self.ebpf
+                .map(name)
+                .ok_or(DataplaneError::MissingMap { name })
+        };
+        let v4: BpfHashMap<&MapData, CtKeyV4, CtValue> =
+            BpfHashMap::try_from(map(names::MAP_CONNTRACK_V4)?)
+                .map_err(map_err(names::MAP_CONNTRACK_V4))?;
+        let v6: BpfHashMap<&MapData, CtKeyV6, CtValue> =
+            BpfHashMap::try_from(map(names::MAP_CONNTRACK_V6)?)
+                .map_err(map_err(names::MAP_CONNTRACK_V6))?;
+        let v4 = v4
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .map(|(k, v)| (CtKey::from_v4(&k, v.proto), v));
+        let v6 = v6
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .map(|(k, v)| (CtKey::from_v6(&k, v.proto), v));
+        Ok(v4.chain(v6).collect())
     }
 
     /// Forget every tracked flow (tests).
@@ -1018,10 +1031,23 @@ impl Dataplane {
     /// Map errors.
     pub fn clear_flows(&mut self) -> Result<usize> {
         let keys: Vec<CtKey> = self.flows()?.into_iter().map(|(k, _)| k).collect();
-        let map = self.map_mut(names::MAP_CONNTRACK)?;
-        let mut ct: BpfHashMap<&mut MapData, CtKey, CtValue> =
-            BpfHashMap::try_from(map).map_err(map_err(names::MAP_CONNTRACK))?;
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for k in &keys {
+            match k.table_key() {
+                CtTableKey::V4(k) => v4.push(k),
+                CtTableKey::V6(k) => v6.push(k),
+            }
+        }
+        let mut ct: BpfHashMap<&mut MapData, CtKeyV4, CtValue> =
+            BpfHashMap::try_from(self.map_mut(names::MAP_CONNTRACK_V4)?)
+                .map_err(map_err(names::MAP_CONNTRACK_V4))?;
+        for k in &v4 {
+            let _ = ct.remove(k);
+        }
+        let mut ct: BpfHashMap<&mut MapData, CtKeyV6, CtValue> =
+            BpfHashMap::try_from(self.map_mut(names::MAP_CONNTRACK_V6)?)
+                .map_err(map_err(names::MAP_CONNTRACK_V6))?;
+        for k in &v6 {
             let _ = ct.remove(k);
         }
         Ok(keys.len())

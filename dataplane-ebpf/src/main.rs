@@ -32,7 +32,8 @@ mod prog {
         },
         ct::{
             CT_FIN_A, CT_FIN_B, CT_REPLIED, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
-            CT_TCP_SYN_SENT, CT_UNREPLIED, CtKey, CtValue, DEFAULT_CT_MAX_ENTRIES, V4_MAPPED_WORD,
+            CT_TCP_SYN_SENT, CT_UNREPLIED, CtKeyV4, CtKeyV6, CtValue, DEFAULT_CT_MAX_ENTRIES,
+            V4_MAPPED_WORD,
         },
         policy::{
             CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_FAST_FORWARD, CONFIG_F_GATEWAY_OWN,
@@ -77,7 +78,10 @@ mod prog {
     #[map]
     static ACTION_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(ACTION_MAX, 0);
     #[map]
-    static CONNTRACK: LruHashMap<CtKey, CtValue> =
+    static CONNTRACK_V4: LruHashMap<CtKeyV4, CtValue> =
+        LruHashMap::with_max_entries(DEFAULT_CT_MAX_ENTRIES, 0);
+    #[map]
+    static CONNTRACK_V6: LruHashMap<CtKeyV6, CtValue> =
         LruHashMap::with_max_entries(DEFAULT_CT_MAX_ENTRIES, 0);
     #[map]
     static CT_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(CT_STATS_LEN, 0);
@@ -479,9 +483,10 @@ mod prog {
         tcp_flags: u8,
         /// `Hook` as `u8`.
         hook: u8,
-        /// The flow's canonical key (stage 2 fills it when tracking, see
-        /// [`fill_ct_key`]); map helpers read it in place.
-        key: CtKey,
+        /// The flow's canonical key in the table of the packet's family (stage 2
+        /// fills it when tracking, see [`fill_ct_key`]); map helpers read it in place.
+        key4: CtKeyV4,
+        key6: CtKeyV6,
         /// The packet's source is endpoint A of `key`.
         src_is_a: u8,
         /// This CPU's clock cache, see [`coarse_now`]: `jiffies` when `clock_ns` was
@@ -838,9 +843,9 @@ mod prog {
         None
     }
 
-    /// Write the canonical key of the packet's flow into `f.key`, and whether the
-    /// packet's source is endpoint A (the smaller one). Field by field, in place: a
-    /// struct literal made LLVM copy the key twice and call `memset` for the padding.
+    /// Write the canonical key of the packet's flow into `f.key4` or `f.key6`, and
+    /// whether the packet's source is endpoint A (the smaller one). Field by field, in
+    /// place: a struct literal made LLVM copy the key twice and call `memset`.
     #[inline(always)]
     fn fill_ct_key(f: &mut Facts) {
         let (sport, dport) = (f.sport, f.dport);
@@ -848,21 +853,46 @@ mod prog {
             Some(after) => after,
             None => sport > dport,
         };
-        let (a, b, pa, pb) = if swap {
-            (f.dst, f.src, dport, sport)
+        let (pa, pb) = if swap { (dport, sport) } else { (sport, dport) };
+        if f.v6 == 0 {
+            let (a, b) = if swap {
+                (f.dst[3], f.src[3])
+            } else {
+                (f.src[3], f.dst[3])
+            };
+            let k = &mut f.key4;
+            k.addr_a = a;
+            k.addr_b = b;
+            k.port_a = pa;
+            k.port_b = pb;
         } else {
-            (f.src, f.dst, sport, dport)
-        };
-        let k = &mut f.key;
-        k.addr_a = a;
-        k.addr_b = b;
-        k.port_a = pa;
-        k.port_b = pb;
-        k.proto = f.proto;
-        k._pad[0] = 0;
-        k._pad[1] = 0;
-        k._pad[2] = 0;
+            let (a, b) = if swap { (f.dst, f.src) } else { (f.src, f.dst) };
+            let k = &mut f.key6;
+            k.addr_a = a;
+            k.addr_b = b;
+            k.port_a = pa;
+            k.port_b = pb;
+        }
         f.src_is_a = u8::from(!swap);
+    }
+
+    /// The packet's entry in its family's flow table.
+    #[inline(always)]
+    fn ct_get(f: &Facts) -> Option<*mut CtValue> {
+        if f.v6 == 0 {
+            CONNTRACK_V4.get_ptr_mut(&f.key4)
+        } else {
+            CONNTRACK_V6.get_ptr_mut(&f.key6)
+        }
+    }
+
+    #[inline(always)]
+    fn ct_remove(f: &Facts) {
+        let _ = if f.v6 == 0 {
+            CONNTRACK_V4.remove(&f.key4)
+        } else {
+            CONNTRACK_V6.remove(&f.key6)
+        };
     }
 
     const TCP_FIN: u8 = 0x01;
@@ -885,13 +915,18 @@ mod prog {
         if f.has_flow == 0 {
             return None;
         }
-        let (key, src_is_a) = (&f.key, f.src_is_a != 0);
-        let e = CONNTRACK.get_ptr_mut(key)?;
+        let src_is_a = f.src_is_a != 0;
+        let e = ct_get(f)?;
         // SAFETY: a pointer into the map value; concurrent updates from other CPUs can
         // interleave field writes, which at worst mis-times one state change.
         let e = unsafe { &mut *e };
+        if e.proto != f.proto {
+            // Another protocol's flow between the same ends and ports (not in the key):
+            // not this packet's flow.
+            return None;
+        }
         if now.saturating_sub(e.last_seen_ns) > cfg.ct.for_state_ns(e.state, f.proto) {
-            let _ = CONNTRACK.remove(key);
+            ct_remove(f);
             ct_bump(CT_EXPIRED);
             return None;
         }
@@ -922,7 +957,7 @@ mod prog {
                 cfg.flags,
             );
             if v.reason != REASON_ALLOWED {
-                let _ = CONNTRACK.remove(key);
+                ct_remove(f);
                 ct_bump(CT_REVOKED);
                 return None;
             }
@@ -940,7 +975,7 @@ mod prog {
             } else if e.state == CT_TCP_CLOSED {
                 if fl & TCP_SYN != 0 && fl & TCP_ACK == 0 && from_initiator {
                     // The ports are reused for a new connection: judge it anew.
-                    let _ = CONNTRACK.remove(key);
+                    ct_remove(f);
                     return None;
                 }
             } else if fl & TCP_FIN != 0 {
@@ -995,7 +1030,7 @@ mod prog {
         } else {
             return;
         };
-        let (key, src_is_a) = (&f.key, f.src_is_a != 0);
+        let src_is_a = f.src_is_a != 0;
         // Field by field on a zeroed value: a literal's padding became a `memset` call.
         // SAFETY: all-zero is a valid CtValue (plain integers).
         let mut value: CtValue = unsafe { core::mem::zeroed() };
@@ -1006,7 +1041,13 @@ mod prog {
         value.state = state;
         value.initiator = u8::from(!src_is_a);
         value.dir = v.dir;
-        if CONNTRACK.insert(key, &value, 0).is_ok() {
+        value.proto = f.proto;
+        let inserted = if f.v6 == 0 {
+            CONNTRACK_V4.insert(&f.key4, &value, 0)
+        } else {
+            CONNTRACK_V6.insert(&f.key6, &value, 0)
+        };
+        if inserted.is_ok() {
             ct_bump(CT_NEW);
         } else {
             ct_bump(CT_INSERT_FAILED);

@@ -579,6 +579,135 @@ fn a_reload_ends_the_flows_its_new_policy_denies() {
     assert_eq!(ct_stat(&h, "revalidated"), 1);
 }
 
+/// The protocol is kept in the flow's value, not in its key (tagwall_common::ct): a
+/// packet of another protocol between the same ends and ports is not of the flow,
+/// and a flow the policy allows replaces another protocol's flow of the same key.
+#[test]
+fn a_flow_belongs_to_its_protocol() {
+    const DNS_TCP: u32 = 7;
+    let mut r = rules();
+    r.push(rule(
+        DNS_TCP,
+        "dns-tcp",
+        Direction::Outbound,
+        &["198.51.100.53/32"],
+        Proto::TCP,
+        &["53"],
+    ));
+    let mut h = Harness::with(r, &gateway());
+    let x = Prog::Xdp;
+    let server = "198.51.100.53";
+    expect(
+        &mut h,
+        x,
+        "UDP query",
+        &udp_f("10.0.0.2", 40050, server, 53),
+        REASON_ALLOWED,
+        DNS,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "TCP from the server on the UDP flow's ends and ports",
+        &tcp(server, 53, "10.0.0.2", 40050, SYN_ACK),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "UDP answer",
+        &udp_f(server, 53, "10.0.0.2", 40050),
+        REASON_ESTABLISHED,
+        DNS,
+        DIR_INGRESS,
+    );
+    // TCP on the same ends and ports, allowed: its flow replaces the UDP one.
+    expect(
+        &mut h,
+        x,
+        "TCP SYN",
+        &tcp("10.0.0.2", 40050, server, 53, SYN),
+        REASON_ALLOWED,
+        DNS_TCP,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "TCP SYN-ACK",
+        &tcp(server, 53, "10.0.0.2", 40050, SYN_ACK),
+        REASON_ESTABLISHED,
+        DNS_TCP,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "UDP answer after the TCP flow replaced it",
+        &udp_f(server, 53, "10.0.0.2", 40050),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+    // IPv6: a UDP packet on a TCP flow's ends and ports.
+    expect(
+        &mut h,
+        x,
+        "v6 SYN",
+        &tcp("fd00::2", 40051, "2001:db8:1::5", 443, SYN),
+        REASON_ALLOWED,
+        WEB6,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "v6 UDP on the TCP flow's ends and ports",
+        &udp_f("2001:db8:1::5", 443, "fd00::2", 40051),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+
+    // Listed from both tables with their protocol (the ends in the key's canonical
+    // order, which is not numeric: sorted here); cleared from both.
+    let addr = |a: &[u32; 4]| std::net::Ipv6Addr::from(tagwall_common::ct::CtKey::bytes(a));
+    let mut listed: Vec<_> =
+        h.dp.flows()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let mut ends = [addr(&k.addr_a).to_string(), addr(&k.addr_b).to_string()];
+                ends.sort();
+                assert_eq!(k.proto, v.proto);
+                (ends, k.proto)
+            })
+            .collect();
+    listed.sort();
+    let ends = |a: &str, b: &str| [a.to_owned(), b.to_owned()];
+    assert_eq!(
+        listed,
+        [
+            (ends("2001:db8:1::5", "fd00::2"), 6),
+            (ends("::ffff:10.0.0.2", "::ffff:198.51.100.53"), 6),
+        ]
+    );
+    assert_eq!(h.dp.clear_flows().unwrap(), 2);
+    assert!(h.dp.flows().unwrap().is_empty());
+    expect(
+        &mut h,
+        x,
+        "TCP SYN-ACK after the flows were cleared",
+        &tcp(server, 53, "10.0.0.2", 40050, SYN_ACK),
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+}
+
 #[test]
 fn without_internal_prefixes_every_packet_is_outbound_and_replies_still_pass() {
     let mut h = Harness::with(rules(), &settings(&[], CtTimeouts::default()));

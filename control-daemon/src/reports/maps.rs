@@ -10,7 +10,7 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use tagwall_common::{
     counters::Counter,
-    ct::{CtKey, CtValue},
+    ct::{CtKey, CtKeyV4, CtKeyV6, CtValue},
     names,
     reports::{EV_EMITTED, EV_RATE_LIMITED, EV_RING_FULL, TopKey, TopValue},
 };
@@ -59,7 +59,7 @@ pub struct Observed {
     pub top: Vec<TopEntry>,
     pub top_capacity: u32,
     pub events: EventCounters,
-    /// Entries in the flow table (the LRU keeps expired flows until they are looked
+    /// Entries in the flow tables (the LRU keeps expired flows until they are looked
     /// up again or evicted, so this counts them too).
     pub conntrack_entries: u64,
     pub conntrack_capacity: u32,
@@ -181,12 +181,12 @@ pub fn count_top(map: &Map) -> Result<u64, MapError> {
     Ok(m.keys().filter(Result::is_ok).count() as u64)
 }
 
-/// Number of entries of the flow table.
+/// Number of entries of the flow tables (`CONNTRACK_V4`, `CONNTRACK_V6`).
 ///
 /// # Errors
 /// Map errors.
-pub fn count_flows(map: &Map) -> Result<u64, MapError> {
-    count_entries::<CtKey, CtValue>(map)
+pub fn count_flows(v4: &Map, v6: &Map) -> Result<u64, MapError> {
+    Ok(count_entries::<CtKeyV4, CtValue>(v4)? + count_entries::<CtKeyV6, CtValue>(v6)?)
 }
 
 fn observe<'a>(
@@ -195,13 +195,15 @@ fn observe<'a>(
     let err = |name: &'static str| move |source| DataplaneError::Map { name, source };
     let top = get(names::MAP_TOP_DENIED)?;
     let ev = get(names::MAP_EVENT_STATS)?;
-    let ct = get(names::MAP_CONNTRACK)?;
+    let ct4 = get(names::MAP_CONNTRACK_V4)?;
+    let ct6 = get(names::MAP_CONNTRACK_V6)?;
     Ok(Observed {
         top: read_top(top.map()).map_err(err(names::MAP_TOP_DENIED))?,
         top_capacity: capacity(top.map()),
         events: read_events(ev.map()).map_err(err(names::MAP_EVENT_STATS))?,
-        conntrack_entries: count_flows(ct.map()).map_err(err(names::MAP_CONNTRACK))?,
-        conntrack_capacity: capacity(ct.map()),
+        conntrack_entries: count_flows(ct4.map(), ct6.map())
+            .map_err(err(names::MAP_CONNTRACK_V4))?,
+        conntrack_capacity: capacity(ct4.map()) + capacity(ct6.map()),
     })
 }
 

@@ -404,13 +404,14 @@ impl MetricsSource {
         let events = maps::read_events(&ev).map_err(|x| x.to_string())?;
         let top = maps::open_pinned(&self.pin_dir, names::MAP_TOP_DENIED).map_err(e)?;
         let top_entries = maps::count_top(&top).map_err(|x| x.to_string())?;
-        let ct = maps::open_pinned(&self.pin_dir, names::MAP_CONNTRACK).map_err(e)?;
+        let ct4 = maps::open_pinned(&self.pin_dir, names::MAP_CONNTRACK_V4).map_err(e)?;
+        let ct6 = maps::open_pinned(&self.pin_dir, names::MAP_CONNTRACK_V6).map_err(e)?;
         let conntrack_entries = {
             let mut cache = lock(&self.ct_cache);
             match *cache {
                 Some((at, n)) if at.elapsed() < Duration::from_secs(30) => n,
                 _ => {
-                    let n = maps::count_flows(&ct).map_err(|x| x.to_string())?;
+                    let n = maps::count_flows(&ct4, &ct6).map_err(|x| x.to_string())?;
                     *cache = Some((Instant::now(), n));
                     n
                 }
@@ -423,7 +424,7 @@ impl MetricsSource {
             events,
             log: Some((self.log)()),
             conntrack_entries,
-            conntrack_capacity: maps::capacity(&ct),
+            conntrack_capacity: maps::capacity(&ct4) + maps::capacity(&ct6),
             top_entries,
             top_capacity: maps::capacity(&top),
             prefixes: last.prefixes,
