@@ -492,8 +492,9 @@ mod prog {
         /// The flow's canonical key in the table of the packet's family (stage 2
         /// fills it when tracking, see [`fill_ct_key`]); map helpers read it in place.
         key4: CtKeyV4,
+        /// As `key4`, for IPv6 packets.
         key6: CtKeyV6,
-        /// The packet's source is endpoint A of `key`.
+        /// The packet's source is endpoint A of its key.
         src_is_a: u8,
         /// This CPU's clock cache, see [`coarse_now`]: `jiffies` when `clock_ns` was
         /// read (not written by stage 1, so it lives on between packets).

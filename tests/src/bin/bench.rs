@@ -518,8 +518,9 @@ fn report(rows: &[Row], control: &[Control], o: &Opts, cmd: &str) -> String {
          - Where a per-packet target is missed: docs/profiling.md has the profile (perf \
          cpu-clock samples of the JIT-compiled programs, experiments, the object code), \
          what it led to (a multibit trie in place of the kernel LPM trie, port sets \
-         scanned to their count, no per-packet clock-source read, no memset calls) and \
-         what is left. Parsing alone (the stage 1 rows above) is already {lo:.1}-{hi:.1}x \
+         scanned to their count, the clock read once per tick, one flow table per \
+         address family with small keys, no BPF-to-BPF calls on a packet's path, no \
+         memset calls) and what is left. Parsing alone (the stage 1 rows above) is already {lo:.1}-{hi:.1}x \
          the floor in this run, which leaves the 2x target next to nothing for the \
          decision."
     );
