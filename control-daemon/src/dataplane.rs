@@ -150,6 +150,17 @@ pub enum DataplaneError {
         source: std::io::Error,
     },
     #[error(
+        "the map pinned at {path} has {found}, this tagwall's {name} has {expected}: it was \
+         made by another tagwall version, whose maps this one cannot adopt; run `tagwall \
+         detach` for the interface (it removes the pins), then start again"
+    )]
+    IncompatiblePin {
+        name: &'static str,
+        path: String,
+        found: String,
+        expected: String,
+    },
+    #[error(
         "no tagwall maps pinned at {path}: is `tagwall run` attached with this --bpffs and \
          --iface? ({source})"
     )]
@@ -178,7 +189,7 @@ pub struct LoadOptions {
     pub pin_dir: Option<PathBuf>,
     pub max_prefixes: u32,
     pub sets_per_slot: u32,
-    /// Capacity of the connection-tracking table (LRU).
+    /// Capacity of each connection-tracking table (LRU; IPv4 and IPv6 have one each).
     pub ct_max_entries: u32,
     /// aya-log level in the datapath (0 off .. 5 trace).
     pub log_level: u8,
@@ -371,6 +382,42 @@ fn load_tc(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
     prog.load().map_err(verifier(name))
 }
 
+/// Refuse pinned maps whose key or value size differs from the embedded object's
+/// (an upgrade across a layout change): aya would adopt them as they are, and the
+/// programs would then fail verification or misread them.
+fn check_pins(pins: &[(&'static str, PathBuf)]) -> Result<()> {
+    if !pins.iter().any(|(_, path)| path.exists()) {
+        return Ok(());
+    }
+    let Ok(obj) = aya_obj::Object::parse(EBPF_OBJECT) else {
+        // The loader parses it again and reports what is wrong.
+        return Ok(());
+    };
+    for (name, path) in pins {
+        let (Some(def), true) = (obj.maps.get(*name), path.exists()) else {
+            continue;
+        };
+        let Ok(info) = aya::maps::MapInfo::from_pin(path) else {
+            // Not a map (or unreadable): the loader reports it with its own error.
+            continue;
+        };
+        let sizes = |k: u32, v: u32| format!("{k}-byte keys and {v}-byte values");
+        let (found, expected) = (
+            sizes(info.key_size(), info.value_size()),
+            sizes(def.key_size(), def.value_size()),
+        );
+        if found != expected {
+            return Err(DataplaneError::IncompatiblePin {
+                name,
+                path: path.display().to_string(),
+                found,
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn verifier(prog: &'static str) -> impl Fn(aya::programs::ProgramError) -> DataplaneError {
     move |source| DataplaneError::Verifier { prog, source }
 }
@@ -399,6 +446,7 @@ impl Dataplane {
             }
             None => Vec::new(),
         };
+        check_pins(&pins)?;
         let mut loader = EbpfLoader::new();
         // TAGWALL_VERIFIER_LOG=1: full verifier logs in load errors (debugging).
         if std::env::var_os("TAGWALL_VERIFIER_LOG").is_some() {

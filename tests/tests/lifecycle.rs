@@ -334,3 +334,39 @@ unsafe fn libc_kill(pid: i32) {
         libc::kill(pid, libc::SIGHUP);
     }
 }
+
+/// Maps pinned by a tagwall whose layout differs (an upgrade across a layout change)
+/// are refused with an error that names the map and says what to do, before aya
+/// adopts them; maps of the same layout are adopted.
+#[test]
+fn pinned_maps_of_another_layout_are_refused_by_name() {
+    use tagwall::dataplane::{Dataplane, DataplaneError, LoadOptions};
+    use tagwall_common::names;
+
+    let fs = tagwall_tests::netns::Bpffs::new();
+    let pins = fs.path.join("tw");
+    let opts = LoadOptions {
+        pin_dir: Some(pins.clone()),
+        ..LoadOptions::default()
+    };
+    drop(Dataplane::load(&opts).expect("first load pins the maps"));
+    assert!(pins.join(names::MAP_FACTS).exists());
+    drop(Dataplane::load(&opts).expect("the same layout is adopted"));
+
+    // CONFIG's pin where FACTS' belongs: another value size, as after a layout change.
+    std::fs::remove_file(pins.join(names::MAP_FACTS)).expect("unpin FACTS");
+    std::fs::rename(pins.join(names::MAP_CONFIG), pins.join(names::MAP_FACTS))
+        .expect("move CONFIG's pin");
+    let err = Dataplane::load(&opts)
+        .err()
+        .expect("a pin of another layout is refused");
+    assert!(
+        matches!(err, DataplaneError::IncompatiblePin { name, .. } if name == names::MAP_FACTS),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("tagwall detach") && msg.contains("FACTS"),
+        "{msg}"
+    );
+}
