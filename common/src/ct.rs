@@ -49,7 +49,7 @@ pub const CT_REPLIED: u8 = 6;
 pub const CT_FIN_A: u8 = 1;
 pub const CT_FIN_B: u8 = 2;
 
-/// Key of the `CONNTRACK_V4` map (12 bytes: jhash mixes it in one round).
+/// Key of the `CONNTRACK_V4` map (12 bytes: jhash2's final mix alone, no round).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKeyV4 {
@@ -69,14 +69,6 @@ pub struct CtKeyV6 {
     pub addr_b: [u32; 4],
     pub port_a: u16,
     pub port_b: u16,
-}
-
-/// A flow's key in its table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CtTableKey {
-    /// `CONNTRACK_V4` (both addresses IPv4-mapped in the [`CtKey`]).
-    V4(CtKeyV4),
-    V6(CtKeyV6),
 }
 
 /// A tracked flow as the daemon lists it, from either table.
@@ -115,35 +107,9 @@ impl CtKey {
             proto,
         }
     }
-
-    /// The table and key this flow has in the datapath.
-    #[must_use]
-    pub const fn table_key(&self) -> CtTableKey {
-        let mapped = self.addr_a[0] == 0
-            && self.addr_a[1] == 0
-            && self.addr_a[2] == V4_MAPPED_WORD
-            && self.addr_b[0] == 0
-            && self.addr_b[1] == 0
-            && self.addr_b[2] == V4_MAPPED_WORD;
-        if mapped {
-            CtTableKey::V4(CtKeyV4 {
-                addr_a: self.addr_a[3],
-                addr_b: self.addr_b[3],
-                port_a: self.port_a,
-                port_b: self.port_b,
-            })
-        } else {
-            CtTableKey::V6(CtKeyV6 {
-                addr_a: self.addr_a,
-                addr_b: self.addr_b,
-                port_a: self.port_a,
-                port_b: self.port_b,
-            })
-        }
-    }
 }
 
-/// Value of the `CONNTRACK` map.
+/// Value of the `CONNTRACK_V4` and `CONNTRACK_V6` maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {

@@ -24,7 +24,7 @@ use tagwall_common::{
     counters::{
         ACTION_MAX, Counter, DIR_MAX, KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, reason_index,
     },
-    ct::{CtKey, CtKeyV4, CtKeyV6, CtTableKey, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES},
+    ct::{CtKey, CtKeyV4, CtKeyV6, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES},
     names,
     policy::{
         CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_FAST_FORWARD, CONFIG_F_GATEWAY_OWN,
@@ -741,12 +741,7 @@ impl Dataplane {
     }
 
     fn config(&self) -> Result<DpConfig> {
-        let map = self
-            .ebpf
-            .map(names::MAP_CONFIG)
-            .ok_or(DataplaneError::MissingMap {
-                name: names::MAP_CONFIG,
-            })?;
+        let map = self.map_ref(names::MAP_CONFIG)?;
         let arr: Array<&MapData, DpConfig> =
             Array::try_from(map).map_err(map_err(names::MAP_CONFIG))?;
         arr.get(&0, 0).map_err(map_err(names::MAP_CONFIG))
@@ -1051,17 +1046,8 @@ impl Dataplane {
     /// # Errors
     /// Map errors.
     pub fn flows(&self) -> Result<Vec<(CtKey, CtValue)>> {
-        let map = |name| {
-            self.ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap { name })
-        };
-        let v4: BpfHashMap<&MapData, CtKeyV4, CtValue> =
-            BpfHashMap::try_from(map(names::MAP_CONNTRACK_V4)?)
-                .map_err(map_err(names::MAP_CONNTRACK_V4))?;
-        let v6: BpfHashMap<&MapData, CtKeyV6, CtValue> =
-            BpfHashMap::try_from(map(names::MAP_CONNTRACK_V6)?)
-                .map_err(map_err(names::MAP_CONNTRACK_V6))?;
+        let v4 = self.ct_table::<CtKeyV4>(names::MAP_CONNTRACK_V4)?;
+        let v6 = self.ct_table::<CtKeyV6>(names::MAP_CONNTRACK_V6)?;
         let v4 = v4
             .iter()
             .filter_map(std::result::Result::ok)
@@ -1073,32 +1059,36 @@ impl Dataplane {
         Ok(v4.chain(v6).collect())
     }
 
+    fn ct_table<K: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&MapData, K, CtValue>> {
+        BpfHashMap::try_from(self.map_ref(name)?).map_err(map_err(name))
+    }
+
     /// Forget every tracked flow (tests).
     ///
     /// # Errors
     /// Map errors.
     pub fn clear_flows(&mut self) -> Result<usize> {
-        let keys: Vec<CtKey> = self.flows()?.into_iter().map(|(k, _)| k).collect();
-        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        Ok(self.clear_ct_table::<CtKeyV4>(names::MAP_CONNTRACK_V4)?
+            + self.clear_ct_table::<CtKeyV6>(names::MAP_CONNTRACK_V6)?)
+    }
+
+    fn clear_ct_table<K: aya::Pod>(&mut self, name: &'static str) -> Result<usize> {
+        let mut ct: BpfHashMap<&mut MapData, K, CtValue> =
+            BpfHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        let keys: Vec<K> = ct.keys().filter_map(std::result::Result::ok).collect();
         for k in &keys {
-            match k.table_key() {
-                CtTableKey::V4(k) => v4.push(k),
-                CtTableKey::V6(k) => v6.push(k),
-            }
-        }
-        let mut ct: BpfHashMap<&mut MapData, CtKeyV4, CtValue> =
-            BpfHashMap::try_from(self.map_mut(names::MAP_CONNTRACK_V4)?)
-                .map_err(map_err(names::MAP_CONNTRACK_V4))?;
-        for k in &v4 {
-            let _ = ct.remove(k);
-        }
-        let mut ct: BpfHashMap<&mut MapData, CtKeyV6, CtValue> =
-            BpfHashMap::try_from(self.map_mut(names::MAP_CONNTRACK_V6)?)
-                .map_err(map_err(names::MAP_CONNTRACK_V6))?;
-        for k in &v6 {
             let _ = ct.remove(k);
         }
         Ok(keys.len())
+    }
+
+    fn map_ref(&self, name: &'static str) -> Result<&Map> {
+        self.ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap { name })
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map> {
@@ -1158,11 +1148,7 @@ impl Dataplane {
     /// Map errors.
     pub fn counters_for(&self, rule_ids: impl IntoIterator<Item = u32>) -> Result<Counters> {
         let arr = |name: &'static str| -> Result<PerCpuArray<&MapData, Counter>> {
-            let map = self
-                .ebpf
-                .map(name)
-                .ok_or(DataplaneError::MissingMap { name })?;
-            PerCpuArray::try_from(map).map_err(map_err(name))
+            PerCpuArray::try_from(self.map_ref(name)?).map_err(map_err(name))
         };
         Counters::read(
             &arr(names::MAP_RULE_STATS)?,

@@ -184,9 +184,13 @@ pub fn count_top(map: &Map) -> Result<u64, MapError> {
 /// Number of entries of the flow tables (`CONNTRACK_V4`, `CONNTRACK_V6`).
 ///
 /// # Errors
-/// Map errors.
-pub fn count_flows(v4: &Map, v6: &Map) -> Result<u64, MapError> {
-    Ok(count_entries::<CtKeyV4, CtValue>(v4)? + count_entries::<CtKeyV6, CtValue>(v6)?)
+/// Map errors, naming the table.
+pub fn count_flows(v4: &Map, v6: &Map) -> Result<u64, DataplaneError> {
+    let err = |name: &'static str| move |source| DataplaneError::Map { name, source };
+    Ok(
+        count_entries::<CtKeyV4, CtValue>(v4).map_err(err(names::MAP_CONNTRACK_V4))?
+            + count_entries::<CtKeyV6, CtValue>(v6).map_err(err(names::MAP_CONNTRACK_V6))?,
+    )
 }
 
 fn observe<'a>(
@@ -201,8 +205,7 @@ fn observe<'a>(
         top: read_top(top.map()).map_err(err(names::MAP_TOP_DENIED))?,
         top_capacity: capacity(top.map()),
         events: read_events(ev.map()).map_err(err(names::MAP_EVENT_STATS))?,
-        conntrack_entries: count_flows(ct4.map(), ct6.map())
-            .map_err(err(names::MAP_CONNTRACK_V4))?,
+        conntrack_entries: count_flows(ct4.map(), ct6.map())?,
         conntrack_capacity: capacity(ct4.map()) + capacity(ct6.map()),
     })
 }

@@ -228,7 +228,7 @@ pub fn render(d: &MetricsData) -> String {
     }
     o.gauge(
         "tagwall_conntrack_entries",
-        "Entries in the flow table (expired ones included until reused or evicted; counted at most every 30 s).",
+        "Entries in the flow tables (expired ones included until reused or evicted; counted at most every 30 s).",
         d.conntrack_entries,
     );
     o.gauge(
