@@ -252,6 +252,28 @@ impl Lab {
         Daemon { guard, log }
     }
 
+    /// `tagwall run` with `policy` (and `extra` flags) in the gateway namespace,
+    /// expected to fail before attaching: its stderr.
+    ///
+    /// # Panics
+    /// If it cannot be spawned or succeeds.
+    #[must_use]
+    pub fn run_rejected(&self, policy: &Path, extra: &[&str]) -> String {
+        let out = self
+            .gw
+            .cmd(tagwall_bin().to_str().expect("utf-8 path"))
+            .arg("run")
+            .args(self.location_args())
+            .arg("--policy")
+            .arg(policy)
+            .args(extra)
+            .output()
+            .expect("spawn tagwall");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "tagwall run accepted it: {err}");
+        err
+    }
+
     /// Run a `tagwall` subcommand that takes the location flags (e.g. `counters`).
     #[must_use]
     pub fn tagwall(&self, verb: &str, extra: &[&str]) -> std::process::Output {

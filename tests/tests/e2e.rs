@@ -193,17 +193,7 @@ fn bad_policy_is_rejected_before_anything_is_attached() {
         "bad.toml",
         "[[rules]]\nname = \"x\"\nto = [\"10.77.2.300/32\"]\n",
     );
-    let out = lab
-        .gw
-        .cmd(tagwall_bin().to_str().unwrap())
-        .args(["run", "--iface", &lab.gw_in, "--policy"])
-        .arg(&policy)
-        .arg("--bpffs")
-        .arg(&lab.bpffs.path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = lab.run_rejected(&policy, &[]);
     assert!(err.contains("bad.toml") && err.contains("line 3"), "{err}");
     assert!(!lab.bpffs.path.join("tagwall").exists());
     // Nothing attached: traffic still flows.

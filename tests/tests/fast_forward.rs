@@ -235,31 +235,11 @@ fn allowed_packets_are_forwarded_by_xdp_and_the_rest_by_the_stack() {
     );
 }
 
-/// `tagwall run` with `policy` (and `extra` flags) in the gateway namespace, expected
-/// to fail: its stderr.
-fn run_rejected(lab: &Lab, policy: &std::path::Path, extra: &[&str]) -> String {
-    let out = lab
-        .gw
-        .cmd(tagwall_bin().to_str().expect("utf-8 path"))
-        .args(["run", "--iface", &lab.gw_in, "--bpffs"])
-        .arg(&lab.bpffs.path)
-        .arg("--state-dir")
-        .arg(lab.dir.path.join("state"))
-        .arg("--policy")
-        .arg(policy)
-        .args(extra)
-        .output()
-        .expect("spawn tagwall");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "tagwall run accepted it: {err}");
-    err
-}
-
 #[test]
 fn a_missing_fast_forward_interface_is_an_error_before_attaching() {
     let lab = Lab::new();
     let p = lab.write_policy("bad.toml", &policy(&["nosuch0"]));
-    let err = run_rejected(&lab, &p, &[]);
+    let err = lab.run_rejected(&p, &[]);
     assert!(
         err.contains("[fast_forward] interfaces") && err.contains("\"nosuch0\""),
         "{err}"
@@ -284,6 +264,6 @@ fn a_missing_fast_forward_interface_is_an_error_before_attaching() {
     );
     // Host mode cannot fast-forward.
     let ok = lab.write_policy("host.toml", &policy(&[&lab.gw_a]));
-    let err = run_rejected(&lab, &ok, &["--host"]);
+    let err = lab.run_rejected(&ok, &["--host"]);
     assert!(err.contains("gateway mode"), "{err}");
 }

@@ -112,17 +112,34 @@ const XDP_DROP: i32 = 1;
 /// The kernel refusing the program or the link.
 pub fn attach_xdp_drop(ifindex: u32) -> anyhow::Result<OwnedFd> {
     let insns = [insn(0xb7, 0, 0, 0, XDP_DROP), insn(0x95, 0, 0, 0, 0)];
-    let license = c"GPL";
-    let mut attr = [0u64; 20];
-    attr[0] = u64::from(BPF_PROG_TYPE_XDP) | ((insns.len() as u64) << 32); // type, insn_cnt
-    attr[1] = insns.as_ptr() as u64;
-    attr[2] = license.as_ptr() as u64;
-    let prog = owned(sys_bpf(BPF_PROG_LOAD, &mut attr).context("loading the XDP_DROP sink")?);
+    let prog = load_xdp(&insns, "the XDP_DROP sink")?;
     let mut attr = [0u64; 8];
     attr[0] = prog.as_raw_fd() as u64 | (u64::from(ifindex) << 32); // prog_fd, target_ifindex
     attr[1] = BPF_XDP | (XDP_FLAGS_DRV_MODE << 32); // attach_type, flags
     let link = sys_bpf(BPF_LINK_CREATE, &mut attr).context("attaching the XDP_DROP sink")?;
     Ok(owned(link))
+}
+
+/// Load XDP program `insns` (`what` names it in errors, with the verifier's log).
+fn load_xdp(insns: &[u64], what: &str) -> anyhow::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 65536];
+    let mut attr = [0u64; 20];
+    attr[0] = u64::from(BPF_PROG_TYPE_XDP) | ((insns.len() as u64) << 32); // type, insn_cnt
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[3] = 1 | ((log.len() as u64) << 32); // log_level, log_size
+    attr[4] = log.as_mut_ptr() as u64;
+    match sys_bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => Ok(owned(fd)),
+        Err(e) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(0);
+            bail!(
+                "loading {what}: {e}\n{}",
+                String::from_utf8_lossy(&log[..end])
+            );
+        }
+    }
 }
 
 /// One eBPF instruction.
@@ -318,31 +335,10 @@ impl Family {
         let map = owned(sys_bpf(BPF_MAP_CREATE, &mut attr).context("BPF_MAP_CREATE")?);
         for (i, f) in frames.iter().take(n).enumerate() {
             let key = u32::try_from(i).expect("small");
-            let mut attr = [0u64; 16];
-            attr[0] = map.as_raw_fd() as u64;
-            attr[1] = std::ptr::from_ref(&key) as u64;
-            attr[2] = f.as_ptr() as u64;
-            sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("BPF_MAP_UPDATE_ELEM")?;
+            map_update(&map, &key.to_ne_bytes(), f)?;
         }
         let insns = program(len, map.as_raw_fd(), u32::try_from(n - 1).expect("small"));
-        let license = c"GPL";
-        let mut log = vec![0u8; 65536];
-        let mut attr = [0u64; 20];
-        attr[0] = u64::from(BPF_PROG_TYPE_XDP) | ((insns.len() as u64) << 32); // type, insn_cnt
-        attr[1] = insns.as_ptr() as u64;
-        attr[2] = license.as_ptr() as u64;
-        attr[3] = 1 | ((log.len() as u64) << 32); // log_level, log_size
-        attr[4] = log.as_mut_ptr() as u64;
-        let prog = match sys_bpf(BPF_PROG_LOAD, &mut attr) {
-            Ok(fd) => owned(fd),
-            Err(e) => {
-                let end = log.iter().position(|&b| b == 0).unwrap_or(0);
-                bail!(
-                    "loading the generator program: {e}\n{}",
-                    String::from_utf8_lossy(&log[..end])
-                );
-            }
-        };
+        let prog = load_xdp(&insns, "the generator program")?;
         Ok(Self {
             prog,
             _map: map,

@@ -446,6 +446,17 @@ impl Topo {
     fn gw_cmd(&self, program: &str) -> Command {
         self.gw.cmd(program)
     }
+
+    /// `tagwall <verb>` in the gateway namespace with this topology's location flags
+    /// (interface, bpffs, state directory).
+    fn tagwall(&self, verb: &str) -> anyhow::Result<Command> {
+        let mut cmd = self.gw_cmd(tagwall_bin().to_str().context("utf-8 path")?);
+        cmd.args([verb, "--iface", &self.gw_in, "--bpffs"])
+            .arg(&self.bpffs.path)
+            .arg("--state-dir")
+            .arg(self.dir.path.join("state"));
+        Ok(cmd)
+    }
 }
 
 /// xdp-filter's address maps: through its pins, or, when the pins are missing (seen
@@ -514,11 +525,8 @@ fn setup(f: Filter, p: &Policy, cpus: usize) -> anyhow::Result<Topo> {
                 p.config.clone()
             };
             let log = t.dir.path.join("tagwall.log");
-            let mut cmd = t.gw_cmd(tagwall_bin().to_str().context("utf-8 path")?);
-            cmd.args(["run", "--iface", &t.gw_in, "--mode", mode, "--bpffs"])
-                .arg(&t.bpffs.path)
-                .arg("--state-dir")
-                .arg(t.dir.path.join("state"))
+            let mut cmd = t.tagwall("run")?;
+            cmd.args(["--mode", mode])
                 .arg("--policy")
                 .arg(&config)
                 .env("TAGWALL_LOG", "info");
@@ -1145,15 +1153,7 @@ pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
 /// Of the allowed packets tagwall's fast forwarding handled, the share it redirected
 /// itself (the rest went up the stack), from `tagwall counters`.
 fn redirected_share(t: &Topo) -> anyhow::Result<f64> {
-    let c = json(
-        t.gw_cmd(tagwall_bin().to_str().context("utf-8 path")?)
-            .args([
-                "counters", "--iface", &t.gw_in, "--format", "json", "--bpffs",
-            ])
-            .arg(&t.bpffs.path)
-            .arg("--state-dir")
-            .arg(t.dir.path.join("state")),
-    )?;
+    let c = json(t.tagwall("counters")?.args(["--format", "json"]))?;
     let ff = c["fast_forward"]
         .as_object()
         .context("no fast_forward in tagwall counters")?;
