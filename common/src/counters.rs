@@ -76,6 +76,9 @@ pub const CT_REVALIDATED: u32 = 4;
 pub const CT_REVOKED: u32 = 5;
 /// A TCP RST or the second FIN closed a flow.
 pub const CT_CLOSED: u32 = 6;
+/// A packet of a live flow was served from this CPU's flow cache (`FLOW_CACHE`,
+/// see `ct::FlowCacheEntry`) without a flow-table lookup; also counted in `CT_HIT`.
+pub const CT_CACHED: u32 = 7;
 pub const CT_STATS_LEN: u32 = 8;
 
 /// Indices of `FWD_STATS` (per-CPU counters of gateway fast forwarding, see

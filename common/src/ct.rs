@@ -30,6 +30,22 @@
 //! ICMP echo: `UNREPLIED` -> `REPLIED`. Each state has a timeout in
 //! [`CtTimeouts`]; an entry idle longer than its state's timeout is dead: the next
 //! packet removes it and is judged by the policy as a new flow.
+//!
+//! # Flow cache
+//! A lookup in a kernel hash table costs several calls inside the kernel (hash,
+//! bucket walk, key compare), and on machines with return-stack mitigations every
+//! call is expensive. So each CPU keeps a small direct-mapped cache of the flows it
+//! saw (`FLOW_CACHE`, [`FlowCacheEntry`], [`FLOW_CACHE_ENTRIES`] slots indexed by a
+//! hash of the key). A packet is served from it, without touching the table, when its
+//! slot holds its flow (whole key and protocol compared), the policy generation is
+//! unchanged, the packet would not change the flow's state (no FIN or RST; in
+//! `SYN_SENT` and `UNREPLIED` only the initiator's packets) and the entry is fresh: at
+//! most [`CtTimeouts::cache_refresh_ms`] (or half the state's timeout, if shorter)
+//! since the table was last consulted; 0 turns the cache off. Every other packet takes the table path, which refills
+//! the slot. So what the table shows is at most that long behind this CPU: a flow's
+//! `last_seen_ns` lags by up to the refresh time (the table path takes the cache's
+//! newer time), and a flow removed on another CPU or by the daemon (LRU eviction,
+//! RST, `clear_flows` clears the caches too) may still pass on this CPU that long.
 
 /// Third word of an IPv4-mapped address (bytes `00 00 ff ff`), as in [`CtKey`].
 pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
@@ -134,13 +150,52 @@ pub struct CtValue {
     pub _pad: [u8; 3],
 }
 
+/// Slots of each CPU's flow cache (a power of two).
+pub const FLOW_CACHE_BITS: u32 = 10;
+pub const FLOW_CACHE_ENTRIES: u32 = 1 << FLOW_CACHE_BITS;
+/// Default of [`CtTimeouts::cache_refresh_ms`].
+pub const DEFAULT_FLOW_CACHE_REFRESH_MS: u32 = 50;
+/// Largest [`CtTimeouts::cache_refresh_ms`] the daemon accepts.
+pub const MAX_FLOW_CACHE_REFRESH_MS: u32 = 1000;
+
+/// A slot of the per-CPU flow cache (module docs, "Flow cache").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheEntry {
+    /// The flow's key words: a `CtKeyV6` as is, a `CtKeyV4` in the first three
+    /// (addresses, then `port_a | port_b << 16`).
+    pub key: [u32; 9],
+    /// `FLOW_CACHE_VALID | v6 << 8 | proto`; 0: empty.
+    pub tag: u32,
+    /// As in the flow's `CtValue`.
+    pub rule_id: u32,
+    pub generation: u32,
+    /// Hits are served while the coarse clock is below this.
+    pub until_ns: u64,
+    /// Time of the last packet served from the slot.
+    pub last_ns: u64,
+    /// Verdict direction of a packet from endpoint A, from endpoint B.
+    pub dir_a: u8,
+    pub dir_b: u8,
+    /// Whose packets may be served: `FLOW_CACHE_FROM_A` and/or `FLOW_CACHE_FROM_B`.
+    pub from: u8,
+    pub _pad: [u8; 5],
+}
+
+pub const FLOW_CACHE_VALID: u32 = 1 << 16;
+pub const FLOW_CACHE_FROM_B: u8 = 1;
+pub const FLOW_CACHE_FROM_A: u8 = 2;
+
+const _: () = assert!(core::mem::size_of::<FlowCacheEntry>() == 72);
+
 // The kernel hashes the whole key (jhash2, a round per 12 bytes): the sizes are the
 // point of the keys.
 const _: () = assert!(core::mem::size_of::<CtKeyV4>() == 12);
 const _: () = assert!(core::mem::size_of::<CtKeyV6>() == 36);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
 
-/// Timeouts in seconds, per state. Part of the datapath `Config`.
+/// Timeouts in seconds, per state, and the flow cache's refresh time. Part of the
+/// datapath `Config`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtTimeouts {
@@ -151,7 +206,10 @@ pub struct CtTimeouts {
     pub udp_unreplied: u32,
     pub udp_replied: u32,
     pub icmp: u32,
-    pub _pad: u32,
+    /// Not a timeout: the longest time in milliseconds a CPU serves a flow from its
+    /// flow cache before it consults the table again (module docs, "Flow cache"); 0:
+    /// no cache.
+    pub cache_refresh_ms: u32,
 }
 
 impl Default for CtTimeouts {
@@ -165,7 +223,7 @@ impl Default for CtTimeouts {
             udp_unreplied: 30,
             udp_replied: 180,
             icmp: 30,
-            _pad: 0,
+            cache_refresh_ms: DEFAULT_FLOW_CACHE_REFRESH_MS,
         }
     }
 }

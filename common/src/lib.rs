@@ -34,6 +34,8 @@ pub mod names {
     pub const MAP_CONNTRACK_V4: &str = "CONNTRACK_V4";
     pub const MAP_CONNTRACK_V6: &str = "CONNTRACK_V6";
     pub const MAP_CT_STATS: &str = "CT_STATS";
+    /// Per-CPU flow cache in front of the flow tables (`ct`, "Flow cache").
+    pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
     /// Egress interfaces for gateway fast forwarding (devmap hash, keyed by ifindex).
     pub const MAP_FWD_PORTS: &str = "FWD_PORTS";
     /// Fast-forwarding outcomes (`FWD_*` counters).
@@ -64,7 +66,7 @@ pub mod names {
 mod pod {
     use crate::{
         counters::Counter,
-        ct::{CtKeyV4, CtKeyV6, CtTimeouts, CtValue},
+        ct::{CtKeyV4, CtKeyV6, CtTimeouts, CtValue, FlowCacheEntry},
         policy::{Config, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortRule, PortSet},
         reports::{DenyEvent, ReportConfig, TokenBucket, TopKey, TopValue},
     };
@@ -82,6 +84,7 @@ mod pod {
     unsafe impl aya::Pod for CtKeyV6 {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for CtTimeouts {}
+    unsafe impl aya::Pod for FlowCacheEntry {}
     unsafe impl aya::Pod for ReportConfig {}
     unsafe impl aya::Pod for TokenBucket {}
     unsafe impl aya::Pod for DenyEvent {}

@@ -110,6 +110,9 @@ pub struct Conntrack {
     pub udp_unreplied: u32,
     pub udp_replied: u32,
     pub icmp: u32,
+    /// Milliseconds a CPU may serve a flow from its flow cache before it consults the
+    /// flow table again (0: no cache; at most 1000).
+    pub cache_refresh_ms: u32,
 }
 
 impl Default for Conntrack {
@@ -125,6 +128,7 @@ impl Default for Conntrack {
             udp_unreplied: t.udp_unreplied,
             udp_replied: t.udp_replied,
             icmp: t.icmp,
+            cache_refresh_ms: t.cache_refresh_ms,
         }
     }
 }
@@ -141,13 +145,20 @@ impl Conntrack {
             udp_unreplied: self.udp_unreplied,
             udp_replied: self.udp_replied,
             icmp: self.icmp,
-            _pad: 0,
+            cache_refresh_ms: self.cache_refresh_ms,
         })
     }
 
     fn check(&self) -> Result<(), String> {
         if self.max_entries == 0 {
             return Err("field `conntrack.max_entries`: must be at least 1".to_owned());
+        }
+        let max = tagwall_common::ct::MAX_FLOW_CACHE_REFRESH_MS;
+        if self.cache_refresh_ms > max {
+            return Err(format!(
+                "field `conntrack.cache_refresh_ms`: {} ms is out of range (0, off, to {max} ms)",
+                self.cache_refresh_ms
+            ));
         }
         for (name, v) in [
             ("tcp_syn_sent", self.tcp_syn_sent),
@@ -701,6 +712,22 @@ protocol = "icmp"
         );
         let e = err("[datapath]\nport_sets = 0\n");
         assert!(e.contains("datapath.port_sets"), "{e}");
+    }
+
+    #[test]
+    fn the_flow_cache_refresh_time_parses_and_is_range_checked() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(
+            c.conntrack.timeouts().unwrap().cache_refresh_ms,
+            tagwall_common::ct::DEFAULT_FLOW_CACHE_REFRESH_MS
+        );
+        let c = Config::parse("[conntrack]\ncache_refresh_ms = 0\n", "t.toml").unwrap();
+        assert_eq!(c.conntrack.timeouts().unwrap().cache_refresh_ms, 0);
+        let e = err("[conntrack]\ncache_refresh_ms = 1001\n");
+        assert!(
+            e.contains("conntrack.cache_refresh_ms") && e.contains("1000 ms"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, DevMapHash, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, ProgramArray,
-        lpm_trie::Key,
+        Array, DevMapHash, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues,
+        ProgramArray, lpm_trie::Key,
     },
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -24,7 +24,10 @@ use tagwall_common::{
     counters::{
         ACTION_MAX, Counter, DIR_MAX, KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, reason_index,
     },
-    ct::{CtKey, CtKeyV4, CtKeyV6, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES},
+    ct::{
+        CtKey, CtKeyV4, CtKeyV6, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES, FLOW_CACHE_ENTRIES,
+        FlowCacheEntry,
+    },
     names,
     policy::{
         CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_FAST_FORWARD, CONFIG_F_GATEWAY_OWN,
@@ -51,7 +54,7 @@ pub const OLD_SLOT_GRACE: Duration = Duration::from_millis(5);
 /// the last user-space reference to it goes, which would break the attached
 /// programs when the daemon exits; `FACTS` joins the two stages, so both must see
 /// the same one after a restart.
-pub const PINNED_MAPS: [&str; 21] = [
+pub const PINNED_MAPS: [&str; 22] = [
     names::MAP_POLICY_V4,
     names::MAP_POLICY_V6,
     names::MAP_LOOKUP,
@@ -63,6 +66,7 @@ pub const PINNED_MAPS: [&str; 21] = [
     names::MAP_CONNTRACK_V4,
     names::MAP_CONNTRACK_V6,
     names::MAP_CT_STATS,
+    names::MAP_FLOW_CACHE,
     names::MAP_FWD_PORTS,
     names::MAP_FWD_STATS,
     names::MAP_JUMP_XDP,
@@ -541,6 +545,23 @@ impl Dataplane {
             .unwrap_or_else(|| panic!("{name} in the object"))
             .try_into()
             .unwrap_or_else(|_| panic!("{name} is a TC program"))
+    }
+
+    /// Instructions the verifier processed to load each loaded program, by name
+    /// (its limit is 1,000,000 per program; the benchmark report shows the headroom).
+    /// `None` where the kernel does not say.
+    #[must_use]
+    pub fn verified_insns(&self) -> Vec<(String, Option<u32>)> {
+        let mut out: Vec<_> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((name.to_owned(), info.verified_instruction_count()))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// The TC benchmark floor program (TC_ACT_OK only), loaded on first use.
@@ -1066,13 +1087,25 @@ impl Dataplane {
         BpfHashMap::try_from(self.map_ref(name)?).map_err(map_err(name))
     }
 
-    /// Forget every tracked flow (tests).
+    /// Forget every tracked flow (tests): both tables, then every CPU's flow cache
+    /// (which would otherwise serve a cleared flow for a little longer).
     ///
     /// # Errors
     /// Map errors.
     pub fn clear_flows(&mut self) -> Result<usize> {
-        Ok(self.clear_ct_table::<CtKeyV4>(names::MAP_CONNTRACK_V4)?
-            + self.clear_ct_table::<CtKeyV6>(names::MAP_CONNTRACK_V6)?)
+        let n = self.clear_ct_table::<CtKeyV4>(names::MAP_CONNTRACK_V4)?
+            + self.clear_ct_table::<CtKeyV6>(names::MAP_CONNTRACK_V6)?;
+        let name = names::MAP_FLOW_CACHE;
+        let mut cache: PerCpuArray<&mut MapData, FlowCacheEntry> =
+            PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        // As many values as the kernel has possible CPUs: the length of a read.
+        let ncpus = cache.get(&0, 0).map_err(map_err(name))?.len();
+        for i in 0..FLOW_CACHE_ENTRIES {
+            let empty = PerCpuValues::try_from(vec![FlowCacheEntry::default(); ncpus])
+                .expect("one value per possible CPU, as read");
+            cache.set(i, empty, 0).map_err(map_err(name))?;
+        }
+        Ok(n)
     }
 
     fn clear_ct_table<K: aya::Pod>(&mut self, name: &'static str) -> Result<usize> {
@@ -1250,7 +1283,7 @@ const fn dir_code(d: Direction) -> u8 {
 }
 
 /// Names of the `CT_STATS` counters, by index.
-pub const CT_STAT_NAMES: [&str; 7] = [
+pub const CT_STAT_NAMES: [&str; 8] = [
     "new",
     "hit",
     "expired",
@@ -1258,6 +1291,7 @@ pub const CT_STAT_NAMES: [&str; 7] = [
     "revalidated",
     "revoked",
     "closed",
+    "cached",
 ];
 
 /// Names of the `FWD_STATS` counters (gateway fast forwarding), by index.

@@ -24,16 +24,17 @@ mod prog {
     use aya_log_ebpf::debug;
     use tagwall_common::{
         counters::{
-            ACTION_AUDIT_PASS, ACTION_DROP, ACTION_MAX, ACTION_PASS, CT_CLOSED, CT_EXPIRED, CT_HIT,
-            CT_INSERT_FAILED, CT_NEW, CT_REVALIDATED, CT_REVOKED, CT_STATS_LEN, Counter,
-            DIR_EGRESS, DIR_INGRESS, FWD_FRAG_NEEDED, FWD_NO_NEIGH, FWD_NOT_FORWARDED,
+            ACTION_AUDIT_PASS, ACTION_DROP, ACTION_MAX, ACTION_PASS, CT_CACHED, CT_CLOSED,
+            CT_EXPIRED, CT_HIT, CT_INSERT_FAILED, CT_NEW, CT_REVALIDATED, CT_REVOKED, CT_STATS_LEN,
+            Counter, DIR_EGRESS, DIR_INGRESS, FWD_FRAG_NEEDED, FWD_NO_NEIGH, FWD_NOT_FORWARDED,
             FWD_OTHER_PORT, FWD_REDIRECTED, FWD_STATS_LEN, FWD_TTL, FWD_UNSUPPORTED,
             KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, REASON_STATS_LEN, reason_index,
         },
         ct::{
             CT_FIN_A, CT_FIN_B, CT_REPLIED, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
             CT_TCP_SYN_SENT, CT_UNREPLIED, CtKeyV4, CtKeyV6, CtValue, DEFAULT_CT_MAX_ENTRIES,
-            V4_MAPPED_WORD,
+            FLOW_CACHE_BITS, FLOW_CACHE_ENTRIES, FLOW_CACHE_FROM_A, FLOW_CACHE_FROM_B,
+            FLOW_CACHE_VALID, FlowCacheEntry, V4_MAPPED_WORD,
         },
         policy::{
             CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_FAST_FORWARD, CONFIG_F_GATEWAY_OWN,
@@ -83,6 +84,11 @@ mod prog {
     #[map]
     static CONNTRACK_V6: LruHashMap<CtKeyV6, CtValue> =
         LruHashMap::with_max_entries(DEFAULT_CT_MAX_ENTRIES, 0);
+    /// This CPU's cache of flows in front of the two tables (`tagwall_common::ct`,
+    /// "Flow cache").
+    #[map]
+    static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
+        PerCpuArray::with_max_entries(FLOW_CACHE_ENTRIES, 0);
     #[map]
     static CT_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(CT_STATS_LEN, 0);
     /// Egress interfaces for fast forwarding (`[fast_forward] interfaces`), keyed by
@@ -165,7 +171,7 @@ mod prog {
             udp_unreplied: 0,
             udp_replied: 0,
             icmp: 0,
-            _pad: 0,
+            cache_refresh_ms: 0,
         },
     };
 
@@ -496,6 +502,8 @@ mod prog {
         key6: CtKeyV6,
         /// The packet's source is endpoint A of its key.
         src_is_a: u8,
+        /// The flow's slot in `FLOW_CACHE` (stage 2, with the key).
+        cache_slot: u32,
         /// This CPU's clock cache, see [`coarse_now`]: `jiffies` when `clock_ns` was
         /// read (not written by stage 1, so it lives on between packets).
         clock_jiffies: u64,
@@ -882,6 +890,12 @@ mod prog {
             k.port_b = pb;
         }
         f.src_is_a = u8::from(!swap);
+        // The flow cache slot: Fibonacci hashing of the words in which flows differ
+        // most (last address words, ports), mixed symmetrically so that the order of
+        // the ends does not matter. Collisions only cost table lookups.
+        let ports = u32::from(sport ^ dport) | u32::from(sport.wrapping_add(dport)) << 16;
+        let mix = f.src[3] ^ f.dst[3] ^ ports;
+        f.cache_slot = mix.wrapping_mul(0x9E37_79B1) >> (32 - FLOW_CACHE_BITS);
     }
 
     /// The packet's entry in its family's flow table.
@@ -916,14 +930,155 @@ mod prog {
         }
     }
 
+    /// The packet's flow key as cache words (`FlowCacheEntry::key`; a `CtKeyV4` in
+    /// the first three), read from `FACTS` with volatile loads: LLVM otherwise keeps
+    /// all nine words in registers across the slot lookup, spilling them to the stack
+    /// and back, which cost more than reading them again.
+    #[inline(always)]
+    fn cache_key(f: &Facts) -> [u32; 9] {
+        // SAFETY: reads of fields of a live reference.
+        let r = |p: &u32| unsafe { core::ptr::read_volatile(p) };
+        let r16 = |p: &u16| u32::from(unsafe { core::ptr::read_volatile(p) });
+        if f.v6 == 0 {
+            let k = &f.key4;
+            let ports = r16(&k.port_a) | r16(&k.port_b) << 16;
+            [r(&k.addr_a), r(&k.addr_b), ports, 0, 0, 0, 0, 0, 0]
+        } else {
+            let k = &f.key6;
+            let ports = r16(&k.port_a) | r16(&k.port_b) << 16;
+            [
+                r(&k.addr_a[0]),
+                r(&k.addr_a[1]),
+                r(&k.addr_a[2]),
+                r(&k.addr_a[3]),
+                r(&k.addr_b[0]),
+                r(&k.addr_b[1]),
+                r(&k.addr_b[2]),
+                r(&k.addr_b[3]),
+                ports,
+            ]
+        }
+    }
+
+    /// Whether a cache slot holds the packet's flow (`tag` as in `FlowCacheEntry`),
+    /// compared word by word without branches or a `memcmp` call.
+    #[inline(always)]
+    fn cache_holds(c: &FlowCacheEntry, tag: u32, f: &Facts) -> bool {
+        if c.tag != tag {
+            return false;
+        }
+        let (k, w) = (&c.key, cache_key(f));
+        let mut diff = (k[0] ^ w[0]) | (k[1] ^ w[1]) | (k[2] ^ w[2]);
+        if f.v6 != 0 {
+            diff |= (k[3] ^ w[3]) | (k[4] ^ w[4]) | (k[5] ^ w[5]) | (k[6] ^ w[6]);
+            diff |= (k[7] ^ w[7]) | (k[8] ^ w[8]);
+        }
+        diff == 0
+    }
+
+    /// Remember a flow the table path just found live, if its state lets later packets
+    /// be served from the cache (see `tagwall_common::ct`, "Flow cache").
+    #[inline(always)]
+    fn cache_fill(
+        c: &mut FlowCacheEntry,
+        tag: u32,
+        f: &Facts,
+        e: &CtValue,
+        cfg: &Config,
+        now: u64,
+    ) {
+        let initiator = if e.initiator == 0 {
+            FLOW_CACHE_FROM_A
+        } else {
+            FLOW_CACHE_FROM_B
+        };
+        let from = match e.state {
+            CT_TCP_ESTABLISHED | CT_REPLIED => FLOW_CACHE_FROM_A | FLOW_CACHE_FROM_B,
+            // The responder's first packet changes the state: only the table path
+            // does that.
+            CT_TCP_SYN_SENT | CT_UNREPLIED => initiator,
+            // Closing flows change state or end soon: not worth a slot.
+            _ => return,
+        };
+        let refresh = u64::from(cfg.ct.cache_refresh_ms) * 1_000_000;
+        let half_timeout = cfg.ct.for_state_ns(e.state, e.proto) / 2;
+        let fresh = if half_timeout < refresh {
+            half_timeout
+        } else {
+            refresh
+        };
+        if fresh == 0 {
+            // The cache is off.
+            return;
+        }
+        let reverse = if e.dir == DIR_EGRESS {
+            DIR_INGRESS
+        } else {
+            DIR_EGRESS
+        };
+        c.key = cache_key(f);
+        c.tag = tag;
+        c.rule_id = e.rule_id;
+        c.generation = e.generation;
+        c.until_ns = now + fresh;
+        c.last_ns = now;
+        (c.dir_a, c.dir_b) = if e.initiator == 0 {
+            (e.dir, reverse)
+        } else {
+            (reverse, e.dir)
+        };
+        c.from = from;
+    }
+
     /// A packet of a tracked flow: its verdict (established), after updating the
     /// flow's state. `None`: no live flow, judge the packet by the policy.
+    ///
+    /// This CPU's flow cache first: a fresh slot of the flow serves a packet that
+    /// would not change the flow's state, without the table lookup.
     #[inline(always)]
     fn ct_continue(f: &Facts, cfg: &Config, now: u64) -> Option<Verdict> {
         if f.has_flow == 0 {
             return None;
         }
         let src_is_a = f.src_is_a != 0;
+        let tag = FLOW_CACHE_VALID | u32::from(f.v6) << 8 | u32::from(f.proto);
+        // With the cache off (`cache_refresh_ms = 0`) nothing fills a slot, and what an
+        // earlier setting filled is of an older generation: the probe always misses.
+        // (Skipping it with a branch here doubled the states the verifier explores.)
+        // Never fails (the slot number is below the map's size); failing, the packet
+        // drops as `internal` rather than the verifier walking the whole table path
+        // twice, once with a slot and once without.
+        let Some(c) = FLOW_CACHE.get_ptr_mut(f.cache_slot) else {
+            return Some(Verdict::new(REASON_INTERNAL, DIR_EGRESS));
+        };
+        // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
+        let c = unsafe { &mut *c };
+        let mut cached_last = 0;
+        if cache_holds(c, tag, f) {
+            let from = if src_is_a {
+                FLOW_CACHE_FROM_A
+            } else {
+                FLOW_CACHE_FROM_B
+            };
+            if now < c.until_ns
+                && c.generation == cfg.generation
+                && f.tcp_flags & (TCP_FIN | TCP_RST) == 0
+                && c.from & from != 0
+            {
+                c.last_ns = now;
+                ct_bump(CT_HIT);
+                ct_bump(CT_CACHED);
+                return Some(Verdict {
+                    reason: REASON_ESTABLISHED,
+                    dir: if src_is_a { c.dir_a } else { c.dir_b },
+                    rule_id: c.rule_id,
+                });
+            }
+            // Stale or a state change: the table decides, and refills the slot if the
+            // flow lives on.
+            cached_last = c.last_ns;
+            c.tag = 0;
+        }
         let e = ct_get(f)?;
         // SAFETY: a pointer into the map value; concurrent updates from other CPUs can
         // interleave field writes, which at worst mis-times one state change.
@@ -932,6 +1087,10 @@ mod prog {
             // Another protocol's flow between the same ends and ports (not in the key):
             // not this packet's flow.
             return None;
+        }
+        if e.last_seen_ns < cached_last {
+            // Packets this CPU served from its cache since the table last saw one.
+            e.last_seen_ns = cached_last;
         }
         if now.saturating_sub(e.last_seen_ns) > cfg.ct.for_state_ns(e.state, f.proto) {
             ct_remove(f);
@@ -1002,6 +1161,7 @@ mod prog {
         }
         e.last_seen_ns = now;
         ct_bump(CT_HIT);
+        cache_fill(c, tag, f, e, cfg, now);
         let dir = if from_initiator {
             e.dir
         } else if e.dir == DIR_EGRESS {

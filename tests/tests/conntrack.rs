@@ -137,9 +137,11 @@ fn expect(
     rule: u32,
     dir: u8,
 ) -> Observed {
-    let before = h.dp.counters().unwrap();
+    // Reasons only: reading every rule's counters takes long enough (tens of ms) to
+    // age flow cache entries between packets.
+    let before = h.dp.counters_for([]).unwrap();
     let got = h.run_on(prog, f);
-    let after = h.dp.counters().unwrap();
+    let after = h.dp.counters_for([]).unwrap();
     assert_eq!(
         (reason_name(got.reason), got.rule_id),
         (reason_name(reason), rule),
@@ -160,7 +162,7 @@ fn expect(
 }
 
 fn ct_stat(h: &Harness, name: &str) -> u64 {
-    let c = h.dp.counters().unwrap();
+    let c = h.dp.counters_for([]).unwrap();
     let i = tagwall::dataplane::CT_STAT_NAMES
         .iter()
         .position(|n| *n == name)
@@ -912,4 +914,379 @@ fn the_gateways_own_traffic_is_allowed_and_its_replies_come_back() {
         WEB,
         DIR_EGRESS,
     );
+}
+
+/// Keep this thread (and so its BPF_PROG_TEST_RUNs) on one CPU: the flow cache is per
+/// CPU, and the scheduler may move a thread between runs.
+fn pin_to_first_allowed_cpu() {
+    // SAFETY: plain syscalls on a zeroed cpu_set_t owned here.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .find(|c| libc::CPU_ISSET(*c, &set))
+            .expect("an allowed CPU");
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// The per-CPU flow cache (tagwall_common::ct, "Flow cache"): a flow's packets are
+/// served from it once the table path has seen the flow live, in both directions and
+/// with the flow's rule, but never a packet that changes the flow's state, never
+/// after a reload, a `clear_flows`, or once the entry is older than the refresh time.
+/// The refresh time is the longest allowed (1 s), so that a slow test machine does
+/// not age entries between packets.
+#[test]
+fn the_flow_cache_serves_only_what_the_table_would_say() {
+    pin_to_first_allowed_cpu();
+    let refresh_ms = tagwall_common::ct::MAX_FLOW_CACHE_REFRESH_MS;
+    let cached_for = |s: &Settings| Settings {
+        conntrack: Some(CtTimeouts {
+            cache_refresh_ms: refresh_ms,
+            ..CtTimeouts::default()
+        }),
+        ..s.clone()
+    };
+    let mut h = Harness::with(rules(), &cached_for(&gateway()));
+    let x = Prog::Xdp;
+    let (c, s) = ("10.0.0.2", "203.0.113.10");
+    let out = |flags| tcp(c, 40060, s, 443, flags);
+    let back = |flags| tcp(s, 443, c, 40060, flags);
+    let cached = |h: &Harness| ct_stat(h, "cached");
+
+    expect(&mut h, x, "SYN", &out(SYN), REASON_ALLOWED, WEB, DIR_EGRESS);
+    // SYN_SENT: the table path caches the flow for the initiator's packets only.
+    let n = cached(&h);
+    expect(
+        &mut h,
+        x,
+        "SYN again (table)",
+        &out(SYN),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_EGRESS,
+    );
+    assert_eq!(cached(&h), n, "the first repeat takes the table path");
+    expect(
+        &mut h,
+        x,
+        "SYN again (cache)",
+        &out(SYN),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_EGRESS,
+    );
+    assert_eq!(
+        cached(&h),
+        n + 1,
+        "the second repeat is served from the cache"
+    );
+    // The responder's first packet changes the state: the table's, not the cache's.
+    expect(
+        &mut h,
+        x,
+        "SYN-ACK",
+        &back(SYN_ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
+    assert_eq!(
+        cached(&h),
+        n + 1,
+        "the SYN-ACK is not served from the cache"
+    );
+    let state = |h: &Harness| {
+        let flows = h.dp.flows().unwrap();
+        assert_eq!(flows.len(), 1);
+        tagwall_common::ct::state_name(flows[0].1.state)
+    };
+    assert_eq!(state(&h), "established");
+    // Established: both directions from the cache, each with its own direction.
+    expect(
+        &mut h,
+        x,
+        "ACK out",
+        &out(ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "ACK back",
+        &back(ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
+    assert_eq!(
+        cached(&h),
+        n + 3,
+        "established packets both ways from the cache"
+    );
+    let hits = ct_stat(&h, "hit");
+
+    // Older than the refresh time: the table again (which refreshes its time).
+    let before = h.dp.flows().unwrap()[0].1.last_seen_ns;
+    std::thread::sleep(Duration::from_millis(u64::from(refresh_ms) * 2));
+    expect(
+        &mut h,
+        x,
+        "ACK after the refresh time",
+        &out(ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_EGRESS,
+    );
+    assert_eq!(cached(&h), n + 3, "a stale entry is not served");
+    assert_eq!(ct_stat(&h, "hit"), hits + 1);
+    assert!(
+        h.dp.flows().unwrap()[0].1.last_seen_ns > before,
+        "the table saw the packet"
+    );
+    expect(
+        &mut h,
+        x,
+        "ACK, fresh again",
+        &out(ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_EGRESS,
+    );
+    assert_eq!(cached(&h), n + 4);
+
+    // FIN changes the state: the table path, which sees it.
+    expect(
+        &mut h,
+        x,
+        "FIN",
+        &out(FIN_ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_EGRESS,
+    );
+    assert_eq!(cached(&h), n + 4, "a FIN is not served from the cache");
+    assert_eq!(state(&h), "closing");
+    // A closing flow is not cached any more.
+    for i in 0..2 {
+        let what = format!("ACK back {i}, closing");
+        expect(
+            &mut h,
+            x,
+            &what,
+            &back(ACK),
+            REASON_ESTABLISHED,
+            WEB,
+            DIR_INGRESS,
+        );
+    }
+    assert_eq!(cached(&h), n + 4, "closing flows are not cached");
+
+    // UDP: the answer changes UNREPLIED to REPLIED through the table; then cached.
+    let (q, a) = (
+        udp_f(c, 5356, "198.51.100.53", 53),
+        udp_f("198.51.100.53", 53, c, 5356),
+    );
+    expect(&mut h, x, "query", &q, REASON_ALLOWED, DNS, DIR_EGRESS);
+    expect(
+        &mut h,
+        x,
+        "query again (table)",
+        &q,
+        REASON_ESTABLISHED,
+        DNS,
+        DIR_EGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "answer",
+        &a,
+        REASON_ESTABLISHED,
+        DNS,
+        DIR_INGRESS,
+    );
+    assert_eq!(
+        cached(&h),
+        n + 4,
+        "the first answer is not served from the cache"
+    );
+    expect(
+        &mut h,
+        x,
+        "answer again (cache)",
+        &a,
+        REASON_ESTABLISHED,
+        DNS,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "query again (cache)",
+        &q,
+        REASON_ESTABLISHED,
+        DNS,
+        DIR_EGRESS,
+    );
+    assert_eq!(cached(&h), n + 6);
+
+    // IPv6, the same way (the SYN-ACK's table path caches the established flow).
+    let (cl, sv) = ("fd00::2", "2001:db8:1::5");
+    let ack6 = tcp(sv, 443, cl, 40061, ACK);
+    let ack6_out = tcp(cl, 40061, sv, 443, ACK);
+    expect(
+        &mut h,
+        x,
+        "v6 SYN",
+        &tcp(cl, 40061, sv, 443, SYN),
+        REASON_ALLOWED,
+        WEB6,
+        DIR_EGRESS,
+    );
+    let syn_ack6 = tcp(sv, 443, cl, 40061, SYN_ACK);
+    expect(
+        &mut h,
+        x,
+        "v6 SYN-ACK",
+        &syn_ack6,
+        REASON_ESTABLISHED,
+        WEB6,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "v6 ACK back",
+        &ack6,
+        REASON_ESTABLISHED,
+        WEB6,
+        DIR_INGRESS,
+    );
+    expect(
+        &mut h,
+        x,
+        "v6 ACK out",
+        &ack6_out,
+        REASON_ESTABLISHED,
+        WEB6,
+        DIR_EGRESS,
+    );
+    assert_eq!(cached(&h), n + 8);
+    // Another flow of the same hosts is not the cached one.
+    let other = tcp(cl, 40062, sv, 443, ACK);
+    expect(
+        &mut h,
+        x,
+        "v6 other ports",
+        &other,
+        REASON_ALLOWED,
+        WEB6,
+        DIR_EGRESS,
+    );
+
+    // A reload: cached flows are checked again through the table, and the DNS flow
+    // (its rule gone) is revoked, although its entry was fresh.
+    let without_dns: Vec<Rule> = rules().into_iter().filter(|r| r.id != DNS).collect();
+    h.reapply_with(without_dns, &cached_for(&gateway()));
+    expect(
+        &mut h,
+        x,
+        "answer after the reload",
+        &a,
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+    assert_eq!(ct_stat(&h, "revoked"), 1);
+    expect(
+        &mut h,
+        x,
+        "v6 ACK after the reload",
+        &ack6_out,
+        REASON_ESTABLISHED,
+        WEB6,
+        DIR_EGRESS,
+    );
+    assert_eq!(ct_stat(&h, "revalidated"), 1);
+    assert_eq!(
+        cached(&h),
+        n + 8,
+        "nothing served from the cache after the reload"
+    );
+    expect(
+        &mut h,
+        x,
+        "v6 ACK back (cache)",
+        &ack6,
+        REASON_ESTABLISHED,
+        WEB6,
+        DIR_INGRESS,
+    );
+    assert_eq!(cached(&h), n + 9);
+
+    // Cleared flows are gone from the caches too.
+    h.dp.clear_flows().unwrap();
+    expect(
+        &mut h,
+        x,
+        "v6 ACK back after clear_flows",
+        &ack6,
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+    assert_eq!(cached(&h), n + 9);
+}
+
+/// `cache_refresh_ms = 0`: no packet is served from the flow cache.
+#[test]
+fn without_the_flow_cache_every_packet_takes_the_table_path() {
+    pin_to_first_allowed_cpu();
+    let off = Settings {
+        conntrack: Some(CtTimeouts {
+            cache_refresh_ms: 0,
+            ..CtTimeouts::default()
+        }),
+        ..gateway()
+    };
+    let mut h = Harness::with(rules(), &off);
+    let x = Prog::Xdp;
+    let (c, s) = ("10.0.0.2", "203.0.113.10");
+    expect(
+        &mut h,
+        x,
+        "SYN",
+        &tcp(c, 40070, s, 443, SYN),
+        REASON_ALLOWED,
+        WEB,
+        DIR_EGRESS,
+    );
+    let back = tcp(s, 443, c, 40070, SYN_ACK);
+    expect(
+        &mut h,
+        x,
+        "SYN-ACK",
+        &back,
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
+    for i in 0..4 {
+        let what = format!("ACK {i}");
+        let ack = tcp(c, 40070, s, 443, ACK);
+        expect(&mut h, x, &what, &ack, REASON_ESTABLISHED, WEB, DIR_EGRESS);
+    }
+    assert_eq!(ct_stat(&h, "hit"), 5);
+    assert_eq!(ct_stat(&h, "cached"), 0);
 }

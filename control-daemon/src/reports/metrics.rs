@@ -209,7 +209,7 @@ pub fn render(d: &MetricsData) -> String {
     o.head(
         "tagwall_conntrack_events_total",
         "counter",
-        "Connection tracker events: new, hit, expired, insert_failed, revalidated, revoked, closed.",
+        "Connection tracker events: new, hit, expired, insert_failed, revalidated, revoked, closed, cached (hits served from the per-CPU flow cache).",
     );
     for (n, v) in CT_STAT_NAMES.iter().zip(c.conntrack) {
         o.line("tagwall_conntrack_events_total", &[("event", n)], v);
