@@ -41,8 +41,9 @@
 //! unchanged, the packet would not change the flow's state (no FIN or RST; in
 //! `SYN_SENT` and `UNREPLIED` only the initiator's packets) and the entry is fresh: at
 //! most [`CtTimeouts::cache_refresh_ms`] (or half the state's timeout, if shorter)
-//! since the table was last consulted; 0 turns the cache off. Every other packet takes the table path, which refills
-//! the slot. So what the table shows is at most that long behind this CPU: a flow's
+//! since the table was last consulted; 0 turns the cache off. Every other packet
+//! takes the table path, which refills the slot. So what the table shows is at most
+//! that long behind this CPU: a flow's
 //! `last_seen_ns` lags by up to the refresh time (the table path takes the cache's
 //! newer time), and a flow removed on another CPU or by the daemon (LRU eviction,
 //! RST, `clear_flows` clears the caches too) may still pass on this CPU that long.

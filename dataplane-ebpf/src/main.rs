@@ -976,6 +976,26 @@ mod prog {
         diff == 0
     }
 
+    /// The other direction (a flow's replies go the other way).
+    #[inline(always)]
+    fn reverse(dir: u8) -> u8 {
+        if dir == DIR_EGRESS {
+            DIR_INGRESS
+        } else {
+            DIR_EGRESS
+        }
+    }
+
+    /// The `FlowCacheEntry::from` bit of endpoint A or B.
+    #[inline(always)]
+    fn endpoint_bit(is_a: bool) -> u8 {
+        if is_a {
+            FLOW_CACHE_FROM_A
+        } else {
+            FLOW_CACHE_FROM_B
+        }
+    }
+
     /// Remember a flow the table path just found live, if its state lets later packets
     /// be served from the cache (see `tagwall_common::ct`, "Flow cache").
     #[inline(always)]
@@ -987,16 +1007,11 @@ mod prog {
         cfg: &Config,
         now: u64,
     ) {
-        let initiator = if e.initiator == 0 {
-            FLOW_CACHE_FROM_A
-        } else {
-            FLOW_CACHE_FROM_B
-        };
         let from = match e.state {
             CT_TCP_ESTABLISHED | CT_REPLIED => FLOW_CACHE_FROM_A | FLOW_CACHE_FROM_B,
             // The responder's first packet changes the state: only the table path
             // does that.
-            CT_TCP_SYN_SENT | CT_UNREPLIED => initiator,
+            CT_TCP_SYN_SENT | CT_UNREPLIED => endpoint_bit(e.initiator == 0),
             // Closing flows change state or end soon: not worth a slot.
             _ => return,
         };
@@ -1011,11 +1026,6 @@ mod prog {
             // The cache is off.
             return;
         }
-        let reverse = if e.dir == DIR_EGRESS {
-            DIR_INGRESS
-        } else {
-            DIR_EGRESS
-        };
         c.key = cache_key(f);
         c.tag = tag;
         c.rule_id = e.rule_id;
@@ -1023,9 +1033,9 @@ mod prog {
         c.until_ns = now + fresh;
         c.last_ns = now;
         (c.dir_a, c.dir_b) = if e.initiator == 0 {
-            (e.dir, reverse)
+            (e.dir, reverse(e.dir))
         } else {
-            (reverse, e.dir)
+            (reverse(e.dir), e.dir)
         };
         c.from = from;
     }
@@ -1042,12 +1052,12 @@ mod prog {
         }
         let src_is_a = f.src_is_a != 0;
         let tag = FLOW_CACHE_VALID | u32::from(f.v6) << 8 | u32::from(f.proto);
-        // With the cache off (`cache_refresh_ms = 0`) nothing fills a slot, and what an
-        // earlier setting filled is of an older generation: the probe always misses.
-        // (Skipping it with a branch here doubled the states the verifier explores.)
-        // Never fails (the slot number is below the map's size); failing, the packet
-        // drops as `internal` rather than the verifier walking the whole table path
-        // twice, once with a slot and once without.
+        // The lookup never fails (the slot number is below the map's size); if it did,
+        // the packet would drop as `internal`: a maybe-missing slot kept to the refill
+        // below made the verifier walk the whole table path twice. The probe runs with
+        // the cache off too (`cache_refresh_ms = 0`): nothing fills a slot then, and
+        // what an earlier setting filled has an older generation, so it misses; a
+        // branch to skip it doubled the verifier's states as well.
         let Some(c) = FLOW_CACHE.get_ptr_mut(f.cache_slot) else {
             return Some(Verdict::new(REASON_INTERNAL, DIR_EGRESS));
         };
@@ -1055,15 +1065,10 @@ mod prog {
         let c = unsafe { &mut *c };
         let mut cached_last = 0;
         if cache_holds(c, tag, f) {
-            let from = if src_is_a {
-                FLOW_CACHE_FROM_A
-            } else {
-                FLOW_CACHE_FROM_B
-            };
             if now < c.until_ns
                 && c.generation == cfg.generation
                 && f.tcp_flags & (TCP_FIN | TCP_RST) == 0
-                && c.from & from != 0
+                && c.from & endpoint_bit(src_is_a) != 0
             {
                 c.last_ns = now;
                 ct_bump(CT_HIT);
@@ -1164,10 +1169,8 @@ mod prog {
         cache_fill(c, tag, f, e, cfg, now);
         let dir = if from_initiator {
             e.dir
-        } else if e.dir == DIR_EGRESS {
-            DIR_INGRESS
         } else {
-            DIR_EGRESS
+            reverse(e.dir)
         };
         Some(Verdict {
             reason: REASON_ESTABLISHED,
