@@ -94,7 +94,8 @@ pub const FWD_NOT_FORWARDED: u32 = 1;
 pub const FWD_NO_NEIGH: u32 = 2;
 /// Larger than the egress MTU (the stack fragments it or says so with ICMP).
 pub const FWD_FRAG_NEEDED: u32 = 3;
-/// TTL or hop limit would expire (the stack sends the ICMP time-exceeded error).
+/// TTL or hop limit would expire on a packet routed out of a fast-forward interface
+/// (the stack sends the ICMP time-exceeded error).
 pub const FWD_TTL: u32 = 4;
 /// The route leaves through an interface not listed for fast forwarding.
 pub const FWD_OTHER_PORT: u32 = 5;

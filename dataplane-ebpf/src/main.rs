@@ -261,9 +261,6 @@ mod prog {
         let v6 = if ethertype == ETH_P_IP && f.v6 == 0 {
             // SAFETY: inside the IPv4 header checked above.
             unsafe {
-                if *ip.add(8) <= 1 {
-                    return to_stack(FWD_TTL, len);
-                }
                 p.family = AF_INET;
                 p.__bindgen_anon_2.tos = *ip.add(1);
                 p.__bindgen_anon_1.tot_len = u16::from_be_bytes([*ip.add(2), *ip.add(3)]);
@@ -277,9 +274,6 @@ mod prog {
             }
             // SAFETY: inside the IPv6 header checked just above.
             unsafe {
-                if *ip.add(7) <= 1 {
-                    return to_stack(FWD_TTL, len);
-                }
                 p.family = AF_INET6;
                 // Traffic class and flow label, without the version.
                 p.__bindgen_anon_2.flowinfo =
@@ -329,6 +323,12 @@ mod prog {
         let ip = (start + ETH_HDR) as *mut u8;
         // SAFETY: inside the headers checked just above.
         unsafe {
+            // Only now, for a packet the FIB would forward through a listed port: a
+            // TTL-1 packet for the local link (an MLD report to ff02::16, say) is not
+            // forwarded anyway and counts as `not_forwarded`, not as expiring.
+            if *ip.add(if v6 { 7 } else { 8 }) <= 1 {
+                return to_stack(FWD_TTL, len);
+            }
             if v6 {
                 *ip.add(7) -= 1;
             } else {
