@@ -179,4 +179,14 @@ pub struct Config {
     pub flags: u32,
     /// Connection-tracking timeouts.
     pub ct: crate::ct::CtTimeouts,
+    /// [`MAP_LAYOUT`] of the userspace that wrote this (0: never written). Not read by
+    /// the datapath: it lets a later tagwall refuse pinned maps whose sizes match but
+    /// whose contents mean something else.
+    pub layout: u32,
 }
+
+/// What the maps' contents mean, as this build writes and reads them. Bumped when a
+/// map keeps its key and value sizes but changes its encoding (an upgrade across such
+/// a change must not adopt the old pins; sizes are checked separately).
+/// 1: the multibit trie's child entries are byte offsets with the child flag in bit 0.
+pub const MAP_LAYOUT: u32 = 1;

@@ -1,6 +1,6 @@
 //! The multibit trie the datapath looks prefixes up in (stride 8, leaf-pushed), kept
 //! as 256-entry nodes in the one value of an array map (`LOOKUP`, [`Table`]). A
-//! lookup reads one entry per byte of the address, a masked index into that value
+//! lookup reads one entry per byte of the address, a masked offset into that value
 //! (no map lookup per step): at most 4 reads for IPv4 and 16 for IPv6, against a
 //! kernel LPM-trie walk that costs a node visit per branching bit.
 //! A slot whose policy does not fit the table falls back to the LPM tries
@@ -17,25 +17,67 @@
 
 /// Entries per node (one byte of the address).
 pub const FANOUT: usize = 256;
-/// An entry with this bit points at a child node (the other bits); without it, an
-/// entry is a result: 0 no prefix covers the address, else `value + 1`.
-pub const CHILD: u32 = 0x8000_0000;
+/// An entry with this bit points at a child node ([`child`]); without it, an entry is
+/// a result ([`result`]): 0 no prefix covers the address, else `(value + 1) << 1`.
+/// Bit 0, so that a walk step tests it without sign-extending the entry (the BPF
+/// target has no 32-bit compares) and the child's offset is the entry masked.
+pub const CHILD: u32 = 1;
+/// Values a result entry can hold (`0..MAX_VALUE`).
+pub const MAX_VALUE: u32 = (1 << 30) - 1;
+/// The bits of a child entry that hold the child's byte offset in the table.
+pub const NODE_OFFSET: u32 = ((LOOKUP_ENTRIES * 4 - 1) & !(FANOUT * 4 - 1)) as u32;
 /// Root nodes: 2 slots x 4 key directions x 2 families.
 pub const ROOTS: u32 = 16;
 /// Size of `LOOKUP` in nodes (1 KiB each), roots included: fixed in the object (a
 /// map's value size cannot change at load time). Userspace may use fewer.
 pub const LOOKUP_NODES: u32 = 16384;
-/// Entries of the table; a power of two, so a masked index is always in bounds.
+/// Entries of the table; a power of two, so a masked offset is always in bounds.
 pub const LOOKUP_ENTRIES: usize = LOOKUP_NODES as usize * FANOUT;
+const _: () = assert!(FANOUT * 4 == 1 << 10 && LOOKUP_ENTRIES * 4 <= 1 << 30);
 
 /// The value of `LOOKUP[0]`: every node, node `n` at entries `n * 256 ..`.
 pub type Table = [u32; LOOKUP_ENTRIES];
 
-/// The index of entry `byte` of `node` (masked: in bounds for any input).
+/// The child entry for `node`: its byte offset in the table, so that a walk step
+/// adds the next byte to it and reads (no multiply or shift of the node number on
+/// the chain of dependent reads; see docs/profiling.md).
 #[inline(always)]
 #[must_use]
-pub const fn index(node: u32, byte: u8) -> usize {
-    (((node as usize) << 8) | byte as usize) & (LOOKUP_ENTRIES - 1)
+pub const fn child(node: u32) -> u32 {
+    CHILD | (node << 10) & NODE_OFFSET
+}
+
+/// The result entry for `value` (`None`: no prefix covers the address).
+#[inline(always)]
+#[must_use]
+pub const fn result(value: Option<u32>) -> u32 {
+    match value {
+        Some(v) => (v + 1) << 1,
+        None => 0,
+    }
+}
+
+/// The value of a result entry (`None`: no prefix covers the address).
+#[inline(always)]
+#[must_use]
+pub const fn result_value(entry: u32) -> Option<u32> {
+    (entry >> 1).checked_sub(1)
+}
+
+/// The node a child entry points at.
+#[inline(always)]
+#[must_use]
+pub const fn child_node(entry: u32) -> u32 {
+    (entry & NODE_OFFSET) >> 10
+}
+
+/// The byte offset in the table of entry `byte` of the node at byte offset
+/// `node_offset` (a child entry or [`child`] of a root; masked: in bounds and
+/// aligned for any input).
+#[inline(always)]
+#[must_use]
+pub const fn entry_offset(node_offset: u32, byte: u8) -> usize {
+    ((node_offset & NODE_OFFSET) | (byte as u32) << 2) as usize
 }
 
 /// The root node of `slot`'s table for key direction `dir` (`DIR_*`/`KEY_DIR_*`)

@@ -32,8 +32,8 @@ use tagwall_common::{
     policy::{
         CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_FAST_FORWARD, CONFIG_F_GATEWAY_OWN,
         CONFIG_F_LOCAL_RULES, CONFIG_F_LPM_FALLBACK, Config as DpConfig, DEFAULT_MAX_PREFIXES,
-        DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAX_PORT_RULES, PolicyKeyV4, PolicyKeyV6, PolicyValue,
-        PortSet,
+        DEFAULT_SETS_PER_SLOT, KEY_HDR_BITS, MAP_LAYOUT, MAX_PORT_RULES, PolicyKeyV4, PolicyKeyV6,
+        PolicyValue, PortSet,
     },
     verdict::ALL_REASONS,
 };
@@ -419,6 +419,34 @@ fn check_pins(pins: &[(&'static str, PathBuf)]) -> Result<()> {
             });
         }
     }
+    if let Some((_, path)) = pins.iter().find(|(n, _)| *n == names::MAP_CONFIG) {
+        check_layout(path)?;
+    }
+    Ok(())
+}
+
+/// Refuse a pinned `CONFIG` written by a tagwall whose map contents mean something
+/// else (`MAP_LAYOUT`), although every size matches.
+fn check_layout(path: &Path) -> Result<()> {
+    let Ok(map) = MapData::from_pin(path) else {
+        // Not pinned yet (or unreadable: the loader reports it).
+        return Ok(());
+    };
+    let Ok(cfg) = Array::<MapData, DpConfig>::try_from(Map::Array(map)) else {
+        return Ok(());
+    };
+    let Ok(cfg) = cfg.get(&0, 0) else {
+        return Ok(());
+    };
+    let written = cfg.layout != 0 || cfg.generation != 0;
+    if written && cfg.layout != MAP_LAYOUT {
+        return Err(DataplaneError::IncompatiblePin {
+            name: names::MAP_CONFIG,
+            path: path.display().to_string(),
+            found: format!("map layout {}", cfg.layout),
+            expected: format!("map layout {MAP_LAYOUT}"),
+        });
+    }
     Ok(())
 }
 
@@ -770,6 +798,11 @@ impl Dataplane {
 
     /// Write `CONFIG[0]` (one map update: the datapath sees the old or the new value).
     fn write_config(&mut self, cfg: DpConfig) -> Result<()> {
+        // Whatever the caller read back: this build's layout from now on.
+        let cfg = DpConfig {
+            layout: MAP_LAYOUT,
+            ..cfg
+        };
         let map = self.map_mut(names::MAP_CONFIG)?;
         let mut arr: Array<&mut MapData, DpConfig> =
             Array::try_from(map).map_err(map_err(names::MAP_CONFIG))?;
@@ -850,6 +883,7 @@ impl Dataplane {
             generation,
             flags,
             ct: settings.conntrack.unwrap_or_default(),
+            layout: MAP_LAYOUT,
         })?;
         self.remove_fast_forward(&stale)?;
         std::thread::sleep(OLD_SLOT_GRACE);

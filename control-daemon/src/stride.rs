@@ -12,7 +12,9 @@ use std::{
 };
 
 use ipnet::IpNet;
-use tagwall_common::stride::{CHILD, FANOUT, ROOTS, root, slot_nodes};
+use tagwall_common::stride::{
+    CHILD, FANOUT, MAX_VALUE, ROOTS, child, child_node, result, result_value, root, slot_nodes,
+};
 
 /// The table has no free node left for the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -100,7 +102,7 @@ impl<'a> Table<'a> {
         Ok(Some(next))
     }
 
-    /// Insert `net` -> `value` (stored as `value + 1`) under `slot`/`dir`.
+    /// Insert `net` -> `value` (as its `result` entry) under `slot`/`dir`.
     ///
     /// Prefixes must go in shortest first (a prefix's entries may not hold child
     /// nodes); a host route (/32, /128), the longest there is, can go in at any time.
@@ -114,7 +116,7 @@ impl<'a> Table<'a> {
     /// unknown (not cleared by this table) or on a shorter prefix after a longer one
     /// below it: programming errors.
     pub fn insert(&mut self, slot: u8, dir: u8, net: IpNet, value: u32) -> Result<(), Full> {
-        assert!(value < CHILD - 1, "value {value} fits the entry encoding");
+        assert!(value < MAX_VALUE, "value {value} fits the entry encoding");
         let (bytes, v6): (Vec<u8>, u8) = match net.network() {
             IpAddr::V4(a) => (a.octets().to_vec(), 0),
             IpAddr::V6(a) => (a.octets().to_vec(), 1),
@@ -127,18 +129,18 @@ impl<'a> Table<'a> {
             let e = self.entry(node, usize::from(b));
             let cur = e.load(Ordering::Acquire);
             if cur & CHILD != 0 {
-                node = cur & !CHILD;
+                node = child_node(cur);
                 continue;
             }
-            let child = self
+            let new_node = self
                 .alloc(slot)?
                 .expect("slot allocation known: cleared before building");
             // Leaf pushing: the child starts as copies of the entry it replaces.
             for i in 0..FANOUT {
-                self.entry(child, i).store(cur, Ordering::Relaxed);
+                self.entry(new_node, i).store(cur, Ordering::Relaxed);
             }
-            e.store(CHILD | child, Ordering::Release);
-            node = child;
+            e.store(child(new_node), Ordering::Release);
+            node = new_node;
         }
         let bits = len - level * 8;
         let span = 1usize << (8 - bits);
@@ -149,7 +151,7 @@ impl<'a> Table<'a> {
                 e.load(Ordering::Acquire) & CHILD == 0,
                 "{net} inserted after a longer prefix below it"
             );
-            e.store(value + 1, Ordering::Release);
+            e.store(result(Some(value)), Ordering::Release);
         }
         Ok(())
     }
@@ -166,9 +168,9 @@ impl<'a> Table<'a> {
         for b in bytes {
             let e = self.entry(node, usize::from(b)).load(Ordering::Acquire);
             if e & CHILD == 0 {
-                return e.checked_sub(1);
+                return result_value(e);
             }
-            node = e & !CHILD;
+            node = child_node(e);
         }
         None
     }

@@ -47,7 +47,7 @@ mod prog {
             EVENT_STATS_LEN, EVENTS_RING_BYTES, REPORT_F_EVENTS, REPORT_F_TOP, ReportConfig,
             TokenBucket, TopKey, TopValue,
         },
-        stride::{CHILD, Table, index, root},
+        stride::{CHILD, Table, child, entry_offset, result_value, root},
         verdict::{
             REASON_ALLOWED, REASON_ESTABLISHED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED,
             REASON_NO_MATCH, REASON_NON_IP, REASON_PORT, is_drop,
@@ -173,6 +173,7 @@ mod prog {
             icmp: 0,
             cache_refresh_ms: 0,
         },
+        layout: 0,
     };
 
     #[inline(always)]
@@ -688,19 +689,25 @@ mod prog {
         }
     }
 
-    /// One step of a multibit-trie walk: `Ok(next node)` or `Err(result entry)`.
+    /// One step of a multibit-trie walk from the node at byte offset `node` (a child
+    /// entry): `Ok(the next node's child entry)` or `Err(result entry)`. The entry's
+    /// offset is the node's plus the byte's, so the dependent read waits on a mask,
+    /// an or and an add only.
     #[inline(always)]
     fn step(t: &Table, node: u32, byte: u8) -> Result<u32, u32> {
-        let e = t[index(node, byte)];
-        if e & CHILD == 0 {
-            Err(e)
-        } else {
-            Ok(e & !CHILD)
-        }
+        // SAFETY: `entry_offset` is below the table's size and 4-aligned.
+        let e = unsafe {
+            t.as_ptr()
+                .cast::<u8>()
+                .add(entry_offset(node, byte))
+                .cast::<u32>()
+                .read()
+        };
+        if e & CHILD == 0 { Err(e) } else { Ok(e) }
     }
 
-    /// The multibit-trie entry for `addr` (0: no prefix covers it, else the port-set
-    /// index + 1). Inlined like everything on a packet's path: a BPF-to-BPF call
+    /// The multibit-trie result entry for `addr` (`result_value`: the port-set index,
+    /// if a prefix covers it). Inlined like everything on a packet's path: a BPF-to-BPF call
     /// cost ~5 ns per packet on the benchmark machine, and the verifier took less
     /// time over the inlined program than over the subprograms (docs/profiling.md).
     #[inline(always)]
@@ -708,7 +715,7 @@ mod prog {
         let Some(t) = LOOKUP.get(0) else {
             return 0;
         };
-        let mut node = root(slot, dir, v6);
+        let mut node = child(root(slot, dir, v6));
         if v6 == 0 {
             for b in addr[3].to_ne_bytes() {
                 match step(t, node, b) {
@@ -736,10 +743,7 @@ mod prog {
         if flags & CONFIG_F_LPM_FALLBACK != 0 {
             return lpm(addr, v6, slot, dir).map(|v| v.set_id);
         }
-        match stride_find(addr, v6, slot, dir) {
-            0 => None,
-            e => Some(e - 1),
-        }
+        result_value(stride_find(addr, v6, slot, dir))
     }
 
     #[inline(always)]

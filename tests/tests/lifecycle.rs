@@ -370,3 +370,74 @@ fn pinned_maps_of_another_layout_are_refused_by_name() {
         "{msg}"
     );
 }
+
+/// Maps whose sizes match but whose contents a tagwall of another map layout wrote
+/// (the multibit trie's entry encoding changed once without a size change) are
+/// refused by `CONFIG`'s layout; the same layout, and a `CONFIG` nobody wrote yet, are
+/// adopted.
+#[test]
+fn pinned_maps_written_in_another_layout_are_refused() {
+    use aya::maps::{Array, Map, MapData};
+    use tagwall::dataplane::{Dataplane, DataplaneError, LoadOptions, Settings};
+    use tagwall_common::{
+        names,
+        policy::{Config, MAP_LAYOUT},
+    };
+
+    let fs = tagwall_tests::netns::Bpffs::new();
+    let pins = fs.path.join("tw");
+    let opts = LoadOptions {
+        pin_dir: Some(pins.clone()),
+        ..LoadOptions::default()
+    };
+    let write_layout = |layout: u32, generation: u32| {
+        let map = MapData::from_pin(pins.join(names::MAP_CONFIG)).expect("CONFIG pinned");
+        let mut cfg: Array<MapData, Config> = Array::try_from(Map::Array(map)).expect("array");
+        let old = cfg.get(&0, 0).expect("CONFIG[0]");
+        cfg.set(
+            0,
+            Config {
+                layout,
+                generation,
+                ..old
+            },
+            0,
+        )
+        .expect("write CONFIG");
+    };
+    let read_layout = || {
+        let map = MapData::from_pin(pins.join(names::MAP_CONFIG)).expect("CONFIG pinned");
+        let cfg: Array<MapData, Config> = Array::try_from(Map::Array(map)).expect("array");
+        cfg.get(&0, 0).expect("CONFIG[0]").layout
+    };
+
+    let mut dp = Dataplane::load(&opts).expect("first load pins the maps");
+    let policy = tagwall::compile::compile(&[], 16).expect("empty policy");
+    dp.apply(&policy, &Settings::stateless(false))
+        .expect("apply");
+    drop(dp);
+    assert_eq!(
+        read_layout(),
+        MAP_LAYOUT,
+        "apply records this build's layout"
+    );
+    drop(Dataplane::load(&opts).expect("the same layout is adopted"));
+
+    // As an older tagwall left them: applied (generation 3), layout 0.
+    write_layout(0, 3);
+    let err = Dataplane::load(&opts)
+        .err()
+        .expect("contents of another layout are refused");
+    assert!(
+        matches!(err, DataplaneError::IncompatiblePin { name, .. } if name == names::MAP_CONFIG),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("map layout 0") && msg.contains("tagwall detach"),
+        "{msg}"
+    );
+    // A CONFIG never written (a daemon that stopped before its first apply).
+    write_layout(0, 0);
+    drop(Dataplane::load(&opts).expect("an unwritten CONFIG is adopted"));
+}
