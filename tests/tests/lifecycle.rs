@@ -340,7 +340,7 @@ unsafe fn libc_kill(pid: i32) {
 /// adopts them; maps of the same layout are adopted.
 #[test]
 fn pinned_maps_of_another_layout_are_refused_by_name() {
-    use tagwall::dataplane::{Dataplane, DataplaneError, LoadOptions};
+    use tagwall::dataplane::{Dataplane, LoadOptions};
     use tagwall_common::names;
 
     let fs = tagwall_tests::netns::Bpffs::new();
@@ -357,16 +357,23 @@ fn pinned_maps_of_another_layout_are_refused_by_name() {
     std::fs::remove_file(pins.join(names::MAP_FACTS)).expect("unpin FACTS");
     std::fs::rename(pins.join(names::MAP_CONFIG), pins.join(names::MAP_FACTS))
         .expect("move CONFIG's pin");
-    let err = Dataplane::load(&opts)
+    assert_refused(&opts, names::MAP_FACTS, "FACTS");
+}
+
+/// Loading with `opts` fails with `IncompatiblePin` for map `name`, and the message
+/// says what to do (`tagwall detach`) and contains `detail`.
+fn assert_refused(opts: &tagwall::dataplane::LoadOptions, name: &str, detail: &str) {
+    use tagwall::dataplane::{Dataplane, DataplaneError};
+    let err = Dataplane::load(opts)
         .err()
         .expect("a pin of another layout is refused");
     assert!(
-        matches!(err, DataplaneError::IncompatiblePin { name, .. } if name == names::MAP_FACTS),
+        matches!(&err, DataplaneError::IncompatiblePin { name: n, .. } if *n == name),
         "{err}"
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("tagwall detach") && msg.contains("FACTS"),
+        msg.contains("tagwall detach") && msg.contains(detail),
         "{msg}"
     );
 }
@@ -378,7 +385,7 @@ fn pinned_maps_of_another_layout_are_refused_by_name() {
 #[test]
 fn pinned_maps_written_in_another_layout_are_refused() {
     use aya::maps::{Array, Map, MapData};
-    use tagwall::dataplane::{Dataplane, DataplaneError, LoadOptions, Settings};
+    use tagwall::dataplane::{Dataplane, LoadOptions, Settings};
     use tagwall_common::{
         names,
         policy::{Config, MAP_LAYOUT},
@@ -390,9 +397,12 @@ fn pinned_maps_written_in_another_layout_are_refused() {
         pin_dir: Some(pins.clone()),
         ..LoadOptions::default()
     };
-    let write_layout = |layout: u32, generation: u32| {
+    let pinned_config = || -> Array<MapData, Config> {
         let map = MapData::from_pin(pins.join(names::MAP_CONFIG)).expect("CONFIG pinned");
-        let mut cfg: Array<MapData, Config> = Array::try_from(Map::Array(map)).expect("array");
+        Array::try_from(Map::Array(map)).expect("array")
+    };
+    let write_layout = |layout: u32, generation: u32| {
+        let mut cfg = pinned_config();
         let old = cfg.get(&0, 0).expect("CONFIG[0]");
         cfg.set(
             0,
@@ -405,11 +415,7 @@ fn pinned_maps_written_in_another_layout_are_refused() {
         )
         .expect("write CONFIG");
     };
-    let read_layout = || {
-        let map = MapData::from_pin(pins.join(names::MAP_CONFIG)).expect("CONFIG pinned");
-        let cfg: Array<MapData, Config> = Array::try_from(Map::Array(map)).expect("array");
-        cfg.get(&0, 0).expect("CONFIG[0]").layout
-    };
+    let read_layout = || pinned_config().get(&0, 0).expect("CONFIG[0]").layout;
 
     let mut dp = Dataplane::load(&opts).expect("first load pins the maps");
     let policy = tagwall::compile::compile(&[], 16).expect("empty policy");
@@ -425,18 +431,7 @@ fn pinned_maps_written_in_another_layout_are_refused() {
 
     // As an older tagwall left them: applied (generation 3), layout 0.
     write_layout(0, 3);
-    let err = Dataplane::load(&opts)
-        .err()
-        .expect("contents of another layout are refused");
-    assert!(
-        matches!(err, DataplaneError::IncompatiblePin { name, .. } if name == names::MAP_CONFIG),
-        "{err}"
-    );
-    let msg = err.to_string();
-    assert!(
-        msg.contains("map layout 0") && msg.contains("tagwall detach"),
-        "{msg}"
-    );
+    assert_refused(&opts, names::MAP_CONFIG, "map layout 0");
     // A CONFIG never written (a daemon that stopped before its first apply).
     write_layout(0, 0);
     drop(Dataplane::load(&opts).expect("an unwritten CONFIG is adopted"));
