@@ -47,6 +47,29 @@
 //! `last_seen_ns` lags by up to the refresh time (the table path takes the cache's
 //! newer time), and a flow removed on another CPU or by the daemon (LRU eviction,
 //! RST, `clear_flows` clears the caches too) may still pass on this CPU that long.
+//!
+//! # Presence filter
+//! A packet of no flow (every denied packet, every flow's first packet) would pay
+//! the table lookup only to find nothing: for an IPv6 key, jhash over 36 bytes and a
+//! bucket walk, the largest single cost of such a packet. `CT_FILTER` is one array of
+//! [`CT_FILTER_SLOTS`] stamps shared by all CPUs, indexed by a hash of the flow that
+//! both directions share (the flow cache's, wider). Whenever the datapath writes a
+//! flow's `last_seen_ns` (a new flow, the table path of a live one) it raises the
+//! slot's stamp to cover the flow's expiry in its state ([`ct_filter_stamp`]); a
+//! stamp never goes down (raised with an atomic add of the difference, which can only
+//! overshoot when CPUs race). A packet whose slot's stamp has passed
+//! ([`ct_filter_passed`]) cannot have a live entry, because every entry of the slot
+//! would be judged expired by the table path at this time, so it skips the lookup.
+//! Collisions only cost lookups. An expired entry that is no longer looked up stays
+//! in the table until the LRU evicts it (it is dead either way), so `expired` counts
+//! the dead flows a lookup still found.
+//!
+//! The stamps assume the timeouts the datapath runs with. When a reload raises a
+//! timeout, or the daemon adopts pinned flow tables without their pinned filter,
+//! entries may be live longer than their stamps say: the daemon then sets
+//! `Config::ct_filter_from_ns` to the clock plus the longest timeout, and until then
+//! every packet looks the table up (by then every entry written before is dead under
+//! the new timeouts).
 
 /// Third word of an IPv4-mapped address (bytes `00 00 ff ff`), as in [`CtKey`].
 pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
@@ -159,6 +182,33 @@ pub const DEFAULT_FLOW_CACHE_REFRESH_MS: u32 = 50;
 /// Largest [`CtTimeouts::cache_refresh_ms`] the daemon accepts.
 pub const MAX_FLOW_CACHE_REFRESH_MS: u32 = 1000;
 
+/// Slots of the presence filter `CT_FILTER` (module docs, "Presence filter"): 4 MiB
+/// of stamps, as many slots as the default tables (both families) hold flows. (The
+/// stamps are `u64` because the BPF target has 64-bit atomics only.)
+pub const CT_FILTER_BITS: u32 = 19;
+pub const CT_FILTER_SLOTS: u32 = 1 << CT_FILTER_BITS;
+/// A stamp counts units of `1 << CT_FILTER_SHIFT` ns (about a second) of the coarse
+/// monotonic clock, so a flow raises its slot's stamp about once a second, not at
+/// every table visit.
+pub const CT_FILTER_SHIFT: u32 = 30;
+
+/// The stamp that covers a flow live until `until_ns` (its `last_seen_ns` plus its
+/// state's timeout): the first unit that starts after it.
+#[inline(always)]
+#[must_use]
+pub const fn ct_filter_stamp(until_ns: u64) -> u64 {
+    (until_ns >> CT_FILTER_SHIFT) + 1
+}
+
+/// Whether, at `now_ns`, a slot stamped `stamp` can hold no live flow: `now_ns` is at
+/// or past the start of the stamp's unit, so it is past the expiry of every flow the
+/// stamp covers.
+#[inline(always)]
+#[must_use]
+pub const fn ct_filter_passed(now_ns: u64, stamp: u64) -> bool {
+    now_ns >> CT_FILTER_SHIFT >= stamp
+}
+
 /// A slot of the per-CPU flow cache (module docs, "Flow cache").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -230,6 +280,34 @@ impl Default for CtTimeouts {
 }
 
 impl CtTimeouts {
+    /// The longest timeout of any state, in nanoseconds.
+    #[must_use]
+    pub fn max_ns(&self) -> u64 {
+        let all = [
+            self.tcp_syn_sent,
+            self.tcp_established,
+            self.tcp_closing,
+            self.tcp_closed,
+            self.udp_unreplied,
+            self.udp_replied,
+            self.icmp,
+        ];
+        u64::from(all.into_iter().max().unwrap_or(0)) * 1_000_000_000
+    }
+
+    /// Whether any state's timeout is longer in `self` than in `old` (flows stamped
+    /// under `old` may then outlive their stamps, module docs "Presence filter").
+    #[must_use]
+    pub fn raises(&self, old: &Self) -> bool {
+        self.tcp_syn_sent > old.tcp_syn_sent
+            || self.tcp_established > old.tcp_established
+            || self.tcp_closing > old.tcp_closing
+            || self.tcp_closed > old.tcp_closed
+            || self.udp_unreplied > old.udp_unreplied
+            || self.udp_replied > old.udp_replied
+            || self.icmp > old.icmp
+    }
+
     /// The timeout of a state, in nanoseconds.
     #[inline(always)]
     #[must_use]
@@ -270,5 +348,57 @@ pub const fn state_name(state: u8) -> &'static str {
         CT_UNREPLIED => "unreplied",
         CT_REPLIED => "replied",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UNIT: u64 = 1 << CT_FILTER_SHIFT;
+
+    #[test]
+    fn a_stamp_has_passed_only_after_the_expiry_it_covers() {
+        for until in [
+            0,
+            1,
+            UNIT - 1,
+            UNIT,
+            UNIT + 1,
+            5 * UNIT + 17,
+            3600 * 1_000_000_000,
+        ] {
+            let stamp = ct_filter_stamp(until);
+            // Live at its expiry (the table path keeps a flow while
+            // `now - last_seen <= timeout`), so never passed up to it ...
+            assert!(!ct_filter_passed(until, stamp), "until {until}");
+            assert!(!ct_filter_passed(until.saturating_sub(1), stamp));
+            // ... and passed within one unit after it.
+            assert!(ct_filter_passed(until + UNIT, stamp), "until {until}");
+        }
+        // An untouched slot (stamp 0) has always passed.
+        assert!(ct_filter_passed(0, 0));
+    }
+
+    #[test]
+    fn timeouts_raise_only_when_a_state_gets_longer() {
+        let d = CtTimeouts::default();
+        assert_eq!(d.max_ns(), 3600 * 1_000_000_000);
+        assert!(!d.raises(&d));
+        let shorter = CtTimeouts {
+            tcp_established: 60,
+            cache_refresh_ms: 0,
+            ..d
+        };
+        assert!(!shorter.raises(&d));
+        assert!(d.raises(&shorter));
+        let icmp = CtTimeouts { icmp: 31, ..d };
+        assert!(icmp.raises(&d));
+        // The cache refresh is not a timeout.
+        let refresh = CtTimeouts {
+            cache_refresh_ms: 1000,
+            ..d
+        };
+        assert!(!refresh.raises(&d));
     }
 }

@@ -36,6 +36,8 @@ pub mod names {
     pub const MAP_CT_STATS: &str = "CT_STATS";
     /// Per-CPU flow cache in front of the flow tables (`ct`, "Flow cache").
     pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
+    /// Presence filter of the flow tables (`ct` module docs, "Presence filter").
+    pub const MAP_CT_FILTER: &str = "CT_FILTER";
     /// Egress interfaces for gateway fast forwarding (devmap hash, keyed by ifindex).
     pub const MAP_FWD_PORTS: &str = "FWD_PORTS";
     /// Fast-forwarding outcomes (`FWD_*` counters).

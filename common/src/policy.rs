@@ -183,6 +183,12 @@ pub struct Config {
     /// the datapath: it lets a later tagwall refuse pinned maps whose sizes match but
     /// whose contents mean something else.
     pub layout: u32,
+    pub _pad: u32,
+    /// Until this coarse-clock time the datapath ignores the flow tables' presence
+    /// filter and looks every packet up (`ct` module docs, "Presence filter"); set
+    /// by the daemon when a reload raises a timeout or it adopts flow tables the
+    /// filter has not seen.
+    pub ct_filter_from_ns: u64,
 }
 
 /// What the maps' contents mean, as this build writes and reads them. Bumped when a

@@ -54,7 +54,7 @@ pub const OLD_SLOT_GRACE: Duration = Duration::from_millis(5);
 /// the last user-space reference to it goes, which would break the attached
 /// programs when the daemon exits; `FACTS` joins the two stages, so both must see
 /// the same one after a restart.
-pub const PINNED_MAPS: [&str; 22] = [
+pub const PINNED_MAPS: [&str; 23] = [
     names::MAP_POLICY_V4,
     names::MAP_POLICY_V6,
     names::MAP_LOOKUP,
@@ -67,6 +67,7 @@ pub const PINNED_MAPS: [&str; 22] = [
     names::MAP_CONNTRACK_V6,
     names::MAP_CT_STATS,
     names::MAP_FLOW_CACHE,
+    names::MAP_CT_FILTER,
     names::MAP_FWD_PORTS,
     names::MAP_FWD_STATS,
     names::MAP_JUMP_XDP,
@@ -336,6 +337,30 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     /// Links this process attached or adopted, pinned (dropping them keeps them).
     links: Vec<PinnedLink>,
+    /// The flow tables were adopted from pins without their presence filter: the
+    /// next `CONFIG` write makes the datapath ignore the filter for a while.
+    ct_unstamped: bool,
+}
+
+/// `Config::ct_filter_from_ns` for `next`, about to replace `prev` at `now_ns`
+/// (`tagwall_common::ct`, "Presence filter"). Flows stamped under shorter timeouts
+/// than `next`'s, or not stamped at all (`unstamped`), may outlive their stamps;
+/// every one of them was last seen before `now_ns`, so all are dead under `next`'s
+/// timeouts by `now_ns` plus the longest of them (and a second for the coarse
+/// clock's tick). Never moves back: an earlier raise may still need its time.
+#[must_use]
+pub fn filter_from_ns(prev: &DpConfig, next: &DpConfig, unstamped: bool, now_ns: u64) -> u64 {
+    let prev_written = prev.layout != 0 || prev.generation != 0;
+    let from = if prev_written {
+        prev.ct_filter_from_ns
+    } else {
+        0
+    };
+    if unstamped || (prev_written && next.ct.raises(&prev.ct)) {
+        from.max(now_ns + next.ct.max_ns() + 1_000_000_000)
+    } else {
+        from
+    }
 }
 
 /// Put the loaded stage-2 programs into the tail-call tables (`on`), or take them
@@ -479,6 +504,9 @@ impl Dataplane {
             None => Vec::new(),
         };
         check_pins(&pins)?;
+        let pinned = |name: &str| pins.iter().any(|(n, p)| *n == name && p.exists());
+        let ct_unstamped = (pinned(names::MAP_CONNTRACK_V4) || pinned(names::MAP_CONNTRACK_V6))
+            && !pinned(names::MAP_CT_FILTER);
         let mut loader = EbpfLoader::new();
         // TAGWALL_VERIFIER_LOG=1: full verifier logs in load errors (debugging).
         if std::env::var_os("TAGWALL_VERIFIER_LOG").is_some() {
@@ -540,7 +568,7 @@ impl Dataplane {
                 "the pinned PORT_SETS keeps its size; `tagwall detach` first to resize it"
             );
         }
-        Ok(Self {
+        let mut dp = Self {
             table: stride::Table::new(entries),
             _mapping: mapping,
             ebpf,
@@ -548,7 +576,18 @@ impl Dataplane {
             sets_per_slot,
             pin_dir: opts.pin_dir.clone(),
             links: Vec::new(),
-        })
+            ct_unstamped,
+        };
+        if dp.ct_unstamped {
+            // Before any packet meets the new, empty filter.
+            tracing::warn!(
+                "pinned flow tables without a presence filter: every tracked packet looks \
+                 the tables up until their flows' timeouts have passed"
+            );
+            let cfg = dp.config()?;
+            dp.write_config(cfg)?;
+        }
+        Ok(dp)
     }
 
     /// The XDP program (for attaching elsewhere and for BPF_PROG_TEST_RUN).
@@ -798,15 +837,25 @@ impl Dataplane {
 
     /// Write `CONFIG[0]` (one map update: the datapath sees the old or the new value).
     fn write_config(&mut self, cfg: DpConfig) -> Result<()> {
+        let prev = self.config()?;
+        let ct_filter_from_ns = filter_from_ns(
+            &prev,
+            &cfg,
+            self.ct_unstamped,
+            crate::reports::time::monotonic_ns(),
+        );
         // Whatever the caller read back: this build's layout from now on.
         let cfg = DpConfig {
             layout: MAP_LAYOUT,
+            ct_filter_from_ns,
             ..cfg
         };
         let map = self.map_mut(names::MAP_CONFIG)?;
         let mut arr: Array<&mut MapData, DpConfig> =
             Array::try_from(map).map_err(map_err(names::MAP_CONFIG))?;
-        arr.set(0, cfg, 0).map_err(map_err(names::MAP_CONFIG))
+        arr.set(0, cfg, 0).map_err(map_err(names::MAP_CONFIG))?;
+        self.ct_unstamped = false;
+        Ok(())
     }
 
     /// Write `policy` into the inactive slot, switch to it in one map write, then
@@ -884,6 +933,9 @@ impl Dataplane {
             flags,
             ct: settings.conntrack.unwrap_or_default(),
             layout: MAP_LAYOUT,
+            _pad: 0,
+            // write_config decides it.
+            ct_filter_from_ns: 0,
         })?;
         self.remove_fast_forward(&stale)?;
         std::thread::sleep(OLD_SLOT_GRACE);
@@ -1460,5 +1512,57 @@ impl Counters {
     #[must_use]
     pub fn rule(&self, id: u32) -> Counter {
         self.rules.get(&id).copied().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tagwall_common::ct::CtTimeouts;
+
+    const S: u64 = 1_000_000_000;
+
+    fn written(ct: CtTimeouts, from: u64) -> DpConfig {
+        DpConfig {
+            generation: 3,
+            ct,
+            layout: MAP_LAYOUT,
+            ct_filter_from_ns: from,
+            ..DpConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_filter_is_ignored_after_a_raise_or_an_unstamped_adoption_only() {
+        let d = CtTimeouts::default();
+        let now = 5000 * S;
+        let after = now + d.max_ns() + S;
+        let next = written(d, 0);
+        // A fresh CONFIG (fresh tables): trusted at once.
+        assert_eq!(filter_from_ns(&DpConfig::default(), &next, false, now), 0);
+        // Same or shorter timeouts: whatever the last write said stays.
+        assert_eq!(filter_from_ns(&written(d, 0), &next, false, now), 0);
+        assert_eq!(filter_from_ns(&written(d, 77), &next, false, now), 77);
+        let longer = CtTimeouts {
+            udp_replied: d.udp_replied + 1,
+            ..d
+        };
+        assert_eq!(filter_from_ns(&written(longer, 0), &next, false, now), 0);
+        // A raise, or tables the filter has not seen.
+        assert_eq!(
+            filter_from_ns(&written(d, 0), &written(longer, 0), false, now),
+            after
+        );
+        assert_eq!(
+            filter_from_ns(&DpConfig::default(), &next, true, now),
+            after
+        );
+        assert_eq!(filter_from_ns(&written(d, 0), &next, true, now), after);
+        // Never earlier than an earlier raise asked for.
+        let far = after + 10 * S;
+        assert_eq!(
+            filter_from_ns(&written(d, far), &written(longer, 0), false, now),
+            far
+        );
     }
 }

@@ -5,6 +5,9 @@
 //! exit that records counters and turns the verdict into an XDP action.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `atomic_xadd` (`filter_cover`): the only atomic add the BPF target has.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -22,6 +25,7 @@ mod prog {
         programs::{TcContext, XdpContext},
     };
     use aya_log_ebpf::debug;
+    use core::intrinsics::AtomicOrdering;
     use tagwall_common::{
         counters::{
             ACTION_AUDIT_PASS, ACTION_DROP, ACTION_MAX, ACTION_PASS, CT_CACHED, CT_CLOSED,
@@ -31,10 +35,11 @@ mod prog {
             KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, REASON_STATS_LEN, reason_index,
         },
         ct::{
-            CT_FIN_A, CT_FIN_B, CT_REPLIED, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_ESTABLISHED,
-            CT_TCP_SYN_SENT, CT_UNREPLIED, CtKeyV4, CtKeyV6, CtValue, DEFAULT_CT_MAX_ENTRIES,
-            FLOW_CACHE_BITS, FLOW_CACHE_ENTRIES, FLOW_CACHE_FROM_A, FLOW_CACHE_FROM_B,
-            FLOW_CACHE_VALID, FlowCacheEntry, V4_MAPPED_WORD,
+            CT_FILTER_BITS, CT_FILTER_SLOTS, CT_FIN_A, CT_FIN_B, CT_REPLIED, CT_TCP_CLOSED,
+            CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT, CT_UNREPLIED, CtKeyV4, CtKeyV6,
+            CtValue, DEFAULT_CT_MAX_ENTRIES, FLOW_CACHE_BITS, FLOW_CACHE_ENTRIES,
+            FLOW_CACHE_FROM_A, FLOW_CACHE_FROM_B, FLOW_CACHE_VALID, FlowCacheEntry, V4_MAPPED_WORD,
+            ct_filter_passed, ct_filter_stamp,
         },
         policy::{
             CONFIG_F_CONNTRACK, CONFIG_F_DIRECTIONAL, CONFIG_F_FAST_FORWARD, CONFIG_F_GATEWAY_OWN,
@@ -89,6 +94,10 @@ mod prog {
     #[map]
     static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
         PerCpuArray::with_max_entries(FLOW_CACHE_ENTRIES, 0);
+    /// Expiry stamps in front of the two tables, shared by all CPUs
+    /// (`tagwall_common::ct`, "Presence filter").
+    #[map]
+    static CT_FILTER: Array<u64> = Array::with_max_entries(CT_FILTER_SLOTS, 0);
     #[map]
     static CT_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(CT_STATS_LEN, 0);
     /// Egress interfaces for fast forwarding (`[fast_forward] interfaces`), keyed by
@@ -174,6 +183,8 @@ mod prog {
             cache_refresh_ms: 0,
         },
         layout: 0,
+        _pad: 0,
+        ct_filter_from_ns: 0,
     };
 
     #[inline(always)]
@@ -505,6 +516,8 @@ mod prog {
         src_is_a: u8,
         /// The flow's slot in `FLOW_CACHE` (stage 2, with the key).
         cache_slot: u32,
+        /// The flow's slot in `CT_FILTER` (stage 2, with the key).
+        filter_slot: u32,
         /// This CPU's clock cache, see [`coarse_now`]: `jiffies` when `clock_ns` was
         /// read (not written by stage 1, so it lives on between packets).
         clock_jiffies: u64,
@@ -615,7 +628,7 @@ mod prog {
                 rule_id: 0,
             };
             if tracking {
-                ct_open(f, &v, cfg.generation, now);
+                ct_open(f, &v, cfg, now);
             }
             return v;
         }
@@ -650,7 +663,7 @@ mod prog {
             cfg.flags,
         );
         if tracking && v.reason == REASON_ALLOWED {
-            ct_open(f, &v, cfg.generation, now);
+            ct_open(f, &v, cfg, now);
         }
         v
     }
@@ -898,8 +911,9 @@ mod prog {
         // most (last address words, ports), mixed symmetrically so that the order of
         // the ends does not matter. Collisions only cost table lookups.
         let ports = u32::from(sport ^ dport) | u32::from(sport.wrapping_add(dport)) << 16;
-        let mix = f.src[3] ^ f.dst[3] ^ ports;
-        f.cache_slot = mix.wrapping_mul(0x9E37_79B1) >> (32 - FLOW_CACHE_BITS);
+        let mix = (f.src[3] ^ f.dst[3] ^ ports).wrapping_mul(0x9E37_79B1);
+        f.cache_slot = mix >> (32 - FLOW_CACHE_BITS);
+        f.filter_slot = mix >> (32 - CT_FILTER_BITS);
     }
 
     /// The packet's entry in its family's flow table.
@@ -1068,7 +1082,8 @@ mod prog {
         // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
         let c = unsafe { &mut *c };
         let mut cached_last = 0;
-        if cache_holds(c, tag, f) {
+        let held = cache_holds(c, tag, f);
+        if held {
             if now < c.until_ns
                 && c.generation == cfg.generation
                 && f.tcp_flags & (TCP_FIN | TCP_RST) == 0
@@ -1087,6 +1102,10 @@ mod prog {
             // flow lives on.
             cached_last = c.last_ns;
             c.tag = 0;
+        } else if now >= cfg.ct_filter_from_ns && filter_passed(f.filter_slot, now) {
+            // No live flow can be in the table (a slot this CPU's cache held may be
+            // live on the cache's time, which the stamp does not cover: looked up).
+            return None;
         }
         let e = ct_get(f)?;
         // SAFETY: a pointer into the map value; concurrent updates from other CPUs can
@@ -1169,6 +1188,7 @@ mod prog {
             e.state = CT_REPLIED;
         }
         e.last_seen_ns = now;
+        filter_cover(f.filter_slot, now + cfg.ct.for_state_ns(e.state, f.proto));
         ct_bump(CT_HIT);
         cache_fill(c, tag, f, e, cfg, now);
         let dir = if from_initiator {
@@ -1187,7 +1207,7 @@ mod prog {
     /// subprogram: once per flow, not per packet, and its map insert costs far more
     /// than the call.
     #[inline(never)]
-    fn ct_open(f: &Facts, v: &Verdict, generation: u32, now: u64) {
+    fn ct_open(f: &Facts, v: &Verdict, cfg: &Config, now: u64) {
         if f.has_flow == 0 {
             return;
         }
@@ -1214,11 +1234,14 @@ mod prog {
         value.last_seen_ns = now;
         value.created_ns = now;
         value.rule_id = v.rule_id;
-        value.generation = generation;
+        value.generation = cfg.generation;
         value.state = state;
         value.initiator = u8::from(!src_is_a);
         value.dir = v.dir;
         value.proto = f.proto;
+        // Stamped first: a reply handled on another CPU must not find the stamp
+        // behind the entry.
+        filter_cover(f.filter_slot, now + cfg.ct.for_state_ns(state, f.proto));
         let inserted = if f.v6 == 0 {
             CONNTRACK_V4.insert(&f.key4, &value, 0)
         } else {
@@ -1228,6 +1251,41 @@ mod prog {
             ct_bump(CT_NEW);
         } else {
             ct_bump(CT_INSERT_FAILED);
+        }
+    }
+
+    /// Whether the `CT_FILTER` stamp of `slot` has passed at `now`: no live flow of
+    /// the slot is in the tables.
+    #[inline(always)]
+    fn filter_passed(slot: u32, now: u64) -> bool {
+        match CT_FILTER.get(slot) {
+            Some(stamp) => ct_filter_passed(now, *stamp),
+            None => false,
+        }
+    }
+
+    /// Raise the `CT_FILTER` stamp of `slot` to cover a flow live until `until_ns`.
+    /// Stamps only grow: the difference is added atomically, so CPUs that race add
+    /// both differences (a later stamp than needed, never an earlier one).
+    #[inline(always)]
+    fn filter_cover(slot: u32, until_ns: u64) {
+        let Some(p) = CT_FILTER.get_ptr_mut(slot) else {
+            return;
+        };
+        let want = ct_filter_stamp(until_ns);
+        // SAFETY: a pointer to a map value, valid for the program's run; other CPUs
+        // only add to it atomically.
+        let have = unsafe { core::ptr::read_volatile(p) };
+        if want > have {
+            // `lock xadd`, its result unused (`AtomicU64::fetch_add` does not exist for
+            // the BPF target, which has no compare-and-swap before v3).
+            // SAFETY: as above; the array's values are 8-aligned.
+            unsafe {
+                core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    p,
+                    want - have,
+                );
+            }
         }
     }
 

@@ -1290,3 +1290,184 @@ fn without_the_flow_cache_every_packet_takes_the_table_path() {
     assert_eq!(ct_stat(&h, "hit"), 5);
     assert_eq!(ct_stat(&h, "cached"), 0);
 }
+
+/// Zero every stamp of the presence filter, as if its flows had never been stamped.
+fn wipe_filter(h: &Harness) {
+    use aya::maps::{Array, Map, MapData};
+    let Some(Map::Array(m)) = h.dp.map(tagwall_common::names::MAP_CT_FILTER) else {
+        panic!("CT_FILTER is an array map");
+    };
+    let id = m.info().unwrap().id();
+    let mut filter: Array<MapData, u64> =
+        Array::try_from(Map::Array(MapData::from_id(id).unwrap())).unwrap();
+    for i in 0..filter.len() {
+        filter.set(i, 0, 0).unwrap();
+    }
+}
+
+#[test]
+fn a_packet_skips_the_table_only_where_the_presence_filter_has_passed() {
+    pin_to_first_allowed_cpu();
+    // Cache off: every packet reaches the filter check.
+    let timeouts = CtTimeouts {
+        cache_refresh_ms: 0,
+        ..CtTimeouts::default()
+    };
+    let off = Settings {
+        conntrack: Some(timeouts),
+        ..gateway()
+    };
+    let mut h = Harness::with(rules(), &off);
+    let x = Prog::Xdp;
+    for (c, s, rule) in [
+        ("10.0.0.2", "203.0.113.10", WEB),
+        ("fd00::2", "2001:db8:1::10", WEB6),
+    ] {
+        expect(
+            &mut h,
+            x,
+            "SYN",
+            &tcp(c, 40080, s, 443, SYN),
+            REASON_ALLOWED,
+            rule,
+            DIR_EGRESS,
+        );
+        // The opening stamped the slot both directions share.
+        let back = tcp(s, 443, c, 40080, SYN_ACK);
+        expect(
+            &mut h,
+            x,
+            "SYN-ACK",
+            &back,
+            REASON_ESTABLISHED,
+            rule,
+            DIR_INGRESS,
+        );
+    }
+    // Stamps gone, flows still in the tables: the replies are judged without a
+    // lookup, as packets of no flow (what the daemon must prevent for flows it
+    // cannot vouch for).
+    wipe_filter(&h);
+    let hits = ct_stat(&h, "hit");
+    for (c, s) in [("10.0.0.2", "203.0.113.10"), ("fd00::2", "2001:db8:1::10")] {
+        let reply = tcp(s, 443, c, 40080, ACK);
+        expect(
+            &mut h,
+            x,
+            "unstamped reply",
+            &reply,
+            REASON_NO_MATCH,
+            0,
+            DIR_INGRESS,
+        );
+    }
+    assert_eq!(ct_stat(&h, "hit"), hits, "no lookup found the flows");
+    assert_eq!(
+        h.dp.flows().unwrap().len(),
+        2,
+        "the flows stay in the tables"
+    );
+    // A reload with the same timeouts trusts the filter on.
+    h.reapply_with(rules(), &off);
+    let reply = tcp("203.0.113.10", 443, "10.0.0.2", 40080, ACK);
+    expect(
+        &mut h,
+        x,
+        "same timeouts",
+        &reply,
+        REASON_NO_MATCH,
+        0,
+        DIR_INGRESS,
+    );
+    // A reload that raises a timeout: flows may outlive their stamps, so every
+    // packet looks the tables up until the longest timeout has passed.
+    let longer = Settings {
+        conntrack: Some(CtTimeouts {
+            tcp_established: timeouts.tcp_established + 1,
+            ..timeouts
+        }),
+        ..gateway()
+    };
+    h.reapply_with(rules(), &longer);
+    for (c, s, rule) in [
+        ("10.0.0.2", "203.0.113.10", WEB),
+        ("fd00::2", "2001:db8:1::10", WEB6),
+    ] {
+        let reply = tcp(s, 443, c, 40080, ACK);
+        expect(
+            &mut h,
+            x,
+            "after the raise",
+            &reply,
+            REASON_ESTABLISHED,
+            rule,
+            DIR_INGRESS,
+        );
+    }
+}
+
+/// A restart that finds the flow tables pinned but not their presence filter (pins
+/// of a tagwall without one, or a filter pin removed by hand) must not hide the
+/// pinned flows behind the new, empty filter: their replies still pass.
+#[test]
+fn flows_adopted_without_their_filter_are_still_found() {
+    use tagwall::dataplane::LoadOptions;
+    use tagwall_common::names;
+
+    pin_to_first_allowed_cpu();
+    let fs = tagwall_tests::netns::Bpffs::new();
+    let pins = fs.path.join("tw");
+    let opts = LoadOptions {
+        pin_dir: Some(pins.clone()),
+        ..LoadOptions::default()
+    };
+    let off = Settings {
+        conntrack: Some(CtTimeouts {
+            cache_refresh_ms: 0,
+            ..CtTimeouts::default()
+        }),
+        ..gateway()
+    };
+    let x = Prog::Xdp;
+    let (c, s) = ("10.0.0.2", "203.0.113.10");
+    let mut h = Harness::with_load(rules(), &off, &opts);
+    expect(
+        &mut h,
+        x,
+        "SYN",
+        &tcp(c, 40090, s, 443, SYN),
+        REASON_ALLOWED,
+        WEB,
+        DIR_EGRESS,
+    );
+    drop(h);
+    // Same pins again: the filter comes along, the reply passes.
+    let mut h = Harness::with_load(rules(), &off, &opts);
+    let back = tcp(s, 443, c, 40090, SYN_ACK);
+    expect(
+        &mut h,
+        x,
+        "SYN-ACK",
+        &back,
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
+    drop(h);
+    std::fs::remove_file(pins.join(names::MAP_CT_FILTER)).expect("unpin CT_FILTER");
+    let mut h = Harness::with_load(rules(), &off, &opts);
+    assert!(
+        pins.join(names::MAP_CT_FILTER).exists(),
+        "a new filter is pinned"
+    );
+    let ack = tcp(s, 443, c, 40090, ACK);
+    expect(
+        &mut h,
+        x,
+        "reply after",
+        &ack,
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
+}
