@@ -349,7 +349,7 @@ pub struct Dataplane {
 /// timeouts by `now_ns` plus the longest of them (and a second for the coarse
 /// clock's tick). Never moves back: an earlier raise may still need its time.
 #[must_use]
-pub fn filter_from_ns(prev: &DpConfig, next: &DpConfig, unstamped: bool, now_ns: u64) -> u64 {
+fn filter_from_ns(prev: &DpConfig, next: &DpConfig, unstamped: bool, now_ns: u64) -> u64 {
     let prev_written = prev.layout != 0 || prev.generation != 0;
     let from = if prev_written {
         prev.ct_filter_from_ns

@@ -190,3 +190,22 @@ impl Harness {
         }
     }
 }
+
+/// Set every stamp of the flow tables' presence filter (`tagwall_common::ct`,
+/// "Presence filter"): `u64::MAX` as if a live flow held every slot, 0 as if no flow
+/// had ever been stamped.
+///
+/// # Errors
+/// The map is missing or a write fails.
+pub fn stamp_ct_filter(dp: &Dataplane, stamp: u64) -> anyhow::Result<()> {
+    use aya::maps::{Array, Map, MapData};
+    let Some(Map::Array(m)) = dp.map(names::MAP_CT_FILTER) else {
+        anyhow::bail!("no {} array map", names::MAP_CT_FILTER);
+    };
+    let map = MapData::from_id(m.info()?.id())?;
+    let mut filter: Array<MapData, u64> = Array::try_from(Map::Array(map))?;
+    for i in 0..filter.len() {
+        filter.set(i, stamp, 0)?;
+    }
+    Ok(())
+}

@@ -1291,20 +1291,6 @@ fn without_the_flow_cache_every_packet_takes_the_table_path() {
     assert_eq!(ct_stat(&h, "cached"), 0);
 }
 
-/// Zero every stamp of the presence filter, as if its flows had never been stamped.
-fn wipe_filter(h: &Harness) {
-    use aya::maps::{Array, Map, MapData};
-    let Some(Map::Array(m)) = h.dp.map(tagwall_common::names::MAP_CT_FILTER) else {
-        panic!("CT_FILTER is an array map");
-    };
-    let id = m.info().unwrap().id();
-    let mut filter: Array<MapData, u64> =
-        Array::try_from(Map::Array(MapData::from_id(id).unwrap())).unwrap();
-    for i in 0..filter.len() {
-        filter.set(i, 0, 0).unwrap();
-    }
-}
-
 #[test]
 fn a_packet_skips_the_table_only_where_the_presence_filter_has_passed() {
     pin_to_first_allowed_cpu();
@@ -1347,7 +1333,7 @@ fn a_packet_skips_the_table_only_where_the_presence_filter_has_passed() {
     // Stamps gone, flows still in the tables: the replies are judged without a
     // lookup, as packets of no flow (what the daemon must prevent for flows it
     // cannot vouch for).
-    wipe_filter(&h);
+    tagwall_tests::harness::stamp_ct_filter(&h.dp, 0).unwrap();
     let hits = ct_stat(&h, "hit");
     for (c, s) in [("10.0.0.2", "203.0.113.10"), ("fd00::2", "2001:db8:1::10")] {
         let reply = tcp(s, 443, c, 40080, ACK);

@@ -94,22 +94,6 @@ const REPORTS_ON: &str = "XDP conntrack, top-denied on";
 /// flow has stamped (every slot stamped, as in a table far fuller than the filter).
 const FILTER_TAKEN: &str = "XDP conntrack, filter slot taken";
 
-/// Set every stamp of the flow tables' presence filter (`tagwall_common::ct`,
-/// "Presence filter"): `u64::MAX` as if a live flow held every slot, 0 as never
-/// stamped.
-fn stamp_filter(dp: &Dataplane, stamp: u64) -> anyhow::Result<()> {
-    use aya::maps::{Array, Map, MapData};
-    let Some(Map::Array(m)) = dp.map(tagwall_common::names::MAP_CT_FILTER) else {
-        anyhow::bail!("no CT_FILTER array map");
-    };
-    let map = MapData::from_id(m.info()?.id())?;
-    let mut filter: Array<MapData, u64> = Array::try_from(Map::Array(map))?;
-    for i in 0..filter.len() {
-        filter.set(i, stamp, 0)?;
-    }
-    Ok(())
-}
-
 /// Which tagwall program a row measures, against the floor of its type.
 #[derive(Clone, Copy)]
 enum Hook {
@@ -352,12 +336,12 @@ fn bench_case(
     // stamped its slot; then it pays the table lookup as every denied packet did
     // before the filter.
     dp.apply(&policy, &tracked)?;
-    stamp_filter(&dp, u64::MAX)?;
+    tagwall_tests::harness::stamp_ct_filter(&dp, u64::MAX)?;
     for (label, frame, expect) in case.frames.iter().filter(|f| f.2 == XDP_DROP) {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
         row(FILTER_TAKEN, label, m);
     }
-    stamp_filter(&dp, 0)?;
+    tagwall_tests::harness::stamp_ct_filter(&dp, 0)?;
     // A denied packet as `tagwall run` handles it by default: counted in the
     // top-denied table (an LRU hash update). The rows above leave reporting off, as
     // `[reports] top_denied_entries = 0` does; allowed packets never report.
