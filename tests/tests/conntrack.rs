@@ -111,7 +111,21 @@ fn settings(internal: &[&str], timeouts: CtTimeouts) -> Settings {
 }
 
 fn gateway() -> Settings {
-    settings(&["10.0.0.0/8", "fd00::/8"], CtTimeouts::default())
+    gateway_with(CtTimeouts::default())
+}
+
+/// The gateway's settings with other tracking timeouts (or flow cache refresh).
+fn gateway_with(timeouts: CtTimeouts) -> Settings {
+    settings(&["10.0.0.0/8", "fd00::/8"], timeouts)
+}
+
+/// Default timeouts, flow cache off (`cache_refresh_ms = 0`): every tracked packet
+/// takes the table path, and every packet of no flow meets the presence filter.
+fn uncached() -> CtTimeouts {
+    CtTimeouts {
+        cache_refresh_ms: 0,
+        ..CtTimeouts::default()
+    }
 }
 
 fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
@@ -124,6 +138,40 @@ fn udp_f(src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
 
 fn ping(src: &str, dst: &str, request: bool, id: u16) -> Vec<u8> {
     ip_frame(src, dst, 1, &echo_msg(false, request, id))
+}
+
+/// Open a TCP flow from `client` to `server:443`: the SYN allowed by `rule`, the
+/// SYN-ACK back established (`label` prefixes the packets' names).
+#[track_caller]
+fn handshake(
+    h: &mut Harness,
+    prog: Prog,
+    label: &str,
+    (client, server): (&str, &str),
+    sport: u16,
+    rule: u32,
+) {
+    let syn = tcp(client, sport, server, 443, SYN);
+    expect(
+        h,
+        prog,
+        &format!("{label}SYN"),
+        &syn,
+        REASON_ALLOWED,
+        rule,
+        DIR_EGRESS,
+    );
+    let syn_ack = tcp(server, 443, client, sport, SYN_ACK);
+    let what = format!("{label}SYN-ACK");
+    expect(
+        h,
+        prog,
+        &what,
+        &syn_ack,
+        REASON_ESTABLISHED,
+        rule,
+        DIR_INGRESS,
+    );
 }
 
 /// Run `f` and check reason, rule, pass/drop and direction.
@@ -175,24 +223,7 @@ fn gateway_return_traffic_passes_and_unsolicited_inbound_is_dropped() {
     let mut h = Harness::with(rules(), &gateway());
     let x = Prog::Xdp;
     // Outbound TCP opens a flow; the reply and the rest of the handshake ride on it.
-    expect(
-        &mut h,
-        x,
-        "client SYN",
-        &tcp("10.0.0.2", 40000, "203.0.113.10", 443, SYN),
-        REASON_ALLOWED,
-        WEB,
-        DIR_EGRESS,
-    );
-    expect(
-        &mut h,
-        x,
-        "server SYN-ACK",
-        &tcp("203.0.113.10", 443, "10.0.0.2", 40000, SYN_ACK),
-        REASON_ESTABLISHED,
-        WEB,
-        DIR_INGRESS,
-    );
+    handshake(&mut h, x, "", ("10.0.0.2", "203.0.113.10"), 40000, WEB);
     expect(
         &mut h,
         x,
@@ -359,24 +390,7 @@ fn gateway_return_traffic_passes_and_unsolicited_inbound_is_dropped() {
     );
 
     // IPv6 the same way.
-    expect(
-        &mut h,
-        x,
-        "v6 SYN",
-        &tcp("fd00::2", 40000, "2001:db8:1::5", 443, SYN),
-        REASON_ALLOWED,
-        WEB6,
-        DIR_EGRESS,
-    );
-    expect(
-        &mut h,
-        x,
-        "v6 SYN-ACK",
-        &tcp("2001:db8:1::5", 443, "fd00::2", 40000, SYN_ACK),
-        REASON_ESTABLISHED,
-        WEB6,
-        DIR_INGRESS,
-    );
+    handshake(&mut h, x, "v6 ", ("fd00::2", "2001:db8:1::5"), 40000, WEB6);
     expect(
         &mut h,
         x,
@@ -404,24 +418,7 @@ fn closed_and_idle_flows_end() {
     };
     let mut h = Harness::with(rules(), &settings(&["10.0.0.0/8"], t));
     let x = Prog::Xdp;
-    expect(
-        &mut h,
-        x,
-        "SYN",
-        &tcp("10.0.0.2", 40010, "203.0.113.10", 443, SYN),
-        REASON_ALLOWED,
-        WEB,
-        DIR_EGRESS,
-    );
-    expect(
-        &mut h,
-        x,
-        "SYN-ACK",
-        &tcp("203.0.113.10", 443, "10.0.0.2", 40010, SYN_ACK),
-        REASON_ESTABLISHED,
-        WEB,
-        DIR_INGRESS,
-    );
+    handshake(&mut h, x, "", ("10.0.0.2", "203.0.113.10"), 40010, WEB);
     expect(
         &mut h,
         x,
@@ -455,23 +452,13 @@ fn closed_and_idle_flows_end() {
     assert_eq!(ct_stat(&h, "expired"), 1);
 
     // FIN from both sides closes too.
-    expect(
+    handshake(
         &mut h,
         x,
-        "SYN 2",
-        &tcp("10.0.0.2", 40011, "203.0.113.10", 443, SYN),
-        REASON_ALLOWED,
+        "second ",
+        ("10.0.0.2", "203.0.113.10"),
+        40011,
         WEB,
-        DIR_EGRESS,
-    );
-    expect(
-        &mut h,
-        x,
-        "SYN-ACK 2",
-        &tcp("203.0.113.10", 443, "10.0.0.2", 40011, SYN_ACK),
-        REASON_ESTABLISHED,
-        WEB,
-        DIR_INGRESS,
     );
     expect(
         &mut h,
@@ -714,25 +701,9 @@ fn a_flow_belongs_to_its_protocol() {
 fn without_internal_prefixes_every_packet_is_outbound_and_replies_still_pass() {
     let mut h = Harness::with(rules(), &settings(&[], CtTimeouts::default()));
     let x = Prog::Xdp;
-    expect(
-        &mut h,
-        x,
-        "SYN",
-        &tcp("10.0.0.2", 40030, "203.0.113.10", 443, SYN),
-        REASON_ALLOWED,
-        WEB,
-        DIR_EGRESS,
-    );
-    // The reply is tracked, so it passes; its direction is the flow's reverse.
-    expect(
-        &mut h,
-        x,
-        "SYN-ACK",
-        &tcp("203.0.113.10", 443, "10.0.0.2", 40030, SYN_ACK),
-        REASON_ESTABLISHED,
-        WEB,
-        DIR_INGRESS,
-    );
+    // The reply (SYN-ACK) is tracked, so it passes; its direction is the flow's
+    // reverse.
+    handshake(&mut h, x, "", ("10.0.0.2", "203.0.113.10"), 40030, WEB);
     // Unsolicited: judged as outbound to 10.0.0.2, which no rule covers.
     expect(
         &mut h,
@@ -948,14 +919,11 @@ fn pin_to_first_allowed_cpu() {
 fn the_flow_cache_serves_only_what_the_table_would_say() {
     pin_to_first_allowed_cpu();
     let refresh_ms = tagwall_common::ct::MAX_FLOW_CACHE_REFRESH_MS;
-    let cached_for = |s: &Settings| Settings {
-        conntrack: Some(CtTimeouts {
-            cache_refresh_ms: refresh_ms,
-            ..CtTimeouts::default()
-        }),
-        ..s.clone()
-    };
-    let mut h = Harness::with(rules(), &cached_for(&gateway()));
+    let with_cache = gateway_with(CtTimeouts {
+        cache_refresh_ms: refresh_ms,
+        ..CtTimeouts::default()
+    });
+    let mut h = Harness::with(rules(), &with_cache);
     let x = Prog::Xdp;
     let (c, s) = ("10.0.0.2", "203.0.113.10");
     let out = |flags| tcp(c, 40060, s, 443, flags);
@@ -1145,25 +1113,7 @@ fn the_flow_cache_serves_only_what_the_table_would_say() {
     let (cl, sv) = ("fd00::2", "2001:db8:1::5");
     let ack6 = tcp(sv, 443, cl, 40061, ACK);
     let ack6_out = tcp(cl, 40061, sv, 443, ACK);
-    expect(
-        &mut h,
-        x,
-        "v6 SYN",
-        &tcp(cl, 40061, sv, 443, SYN),
-        REASON_ALLOWED,
-        WEB6,
-        DIR_EGRESS,
-    );
-    let syn_ack6 = tcp(sv, 443, cl, 40061, SYN_ACK);
-    expect(
-        &mut h,
-        x,
-        "v6 SYN-ACK",
-        &syn_ack6,
-        REASON_ESTABLISHED,
-        WEB6,
-        DIR_INGRESS,
-    );
+    handshake(&mut h, x, "v6 ", (cl, sv), 40061, WEB6);
     expect(
         &mut h,
         x,
@@ -1198,7 +1148,7 @@ fn the_flow_cache_serves_only_what_the_table_would_say() {
     // A reload: cached flows are checked again through the table, and the DNS flow
     // (its rule gone) is revoked, although its entry was fresh.
     let without_dns: Vec<Rule> = rules().into_iter().filter(|r| r.id != DNS).collect();
-    h.reapply_with(without_dns, &cached_for(&gateway()));
+    h.reapply_with(without_dns, &with_cache);
     expect(
         &mut h,
         x,
@@ -1253,35 +1203,11 @@ fn the_flow_cache_serves_only_what_the_table_would_say() {
 #[test]
 fn without_the_flow_cache_every_packet_takes_the_table_path() {
     pin_to_first_allowed_cpu();
-    let off = Settings {
-        conntrack: Some(CtTimeouts {
-            cache_refresh_ms: 0,
-            ..CtTimeouts::default()
-        }),
-        ..gateway()
-    };
+    let off = gateway_with(uncached());
     let mut h = Harness::with(rules(), &off);
     let x = Prog::Xdp;
     let (c, s) = ("10.0.0.2", "203.0.113.10");
-    expect(
-        &mut h,
-        x,
-        "SYN",
-        &tcp(c, 40070, s, 443, SYN),
-        REASON_ALLOWED,
-        WEB,
-        DIR_EGRESS,
-    );
-    let back = tcp(s, 443, c, 40070, SYN_ACK);
-    expect(
-        &mut h,
-        x,
-        "SYN-ACK",
-        &back,
-        REASON_ESTABLISHED,
-        WEB,
-        DIR_INGRESS,
-    );
+    handshake(&mut h, x, "", (c, s), 40070, WEB);
     for i in 0..4 {
         let what = format!("ACK {i}");
         let ack = tcp(c, 40070, s, 443, ACK);
@@ -1295,40 +1221,16 @@ fn without_the_flow_cache_every_packet_takes_the_table_path() {
 fn a_packet_skips_the_table_only_where_the_presence_filter_has_passed() {
     pin_to_first_allowed_cpu();
     // Cache off: every packet reaches the filter check.
-    let timeouts = CtTimeouts {
-        cache_refresh_ms: 0,
-        ..CtTimeouts::default()
-    };
-    let off = Settings {
-        conntrack: Some(timeouts),
-        ..gateway()
-    };
+    let timeouts = uncached();
+    let off = gateway_with(timeouts);
     let mut h = Harness::with(rules(), &off);
     let x = Prog::Xdp;
     for (c, s, rule) in [
         ("10.0.0.2", "203.0.113.10", WEB),
         ("fd00::2", "2001:db8:1::10", WEB6),
     ] {
-        expect(
-            &mut h,
-            x,
-            "SYN",
-            &tcp(c, 40080, s, 443, SYN),
-            REASON_ALLOWED,
-            rule,
-            DIR_EGRESS,
-        );
-        // The opening stamped the slot both directions share.
-        let back = tcp(s, 443, c, 40080, SYN_ACK);
-        expect(
-            &mut h,
-            x,
-            "SYN-ACK",
-            &back,
-            REASON_ESTABLISHED,
-            rule,
-            DIR_INGRESS,
-        );
+        // The opening stamps the slot both directions share.
+        handshake(&mut h, x, "", (c, s), 40080, rule);
     }
     // Stamps gone, flows still in the tables: the replies are judged without a
     // lookup, as packets of no flow (what the daemon must prevent for flows it
@@ -1367,13 +1269,10 @@ fn a_packet_skips_the_table_only_where_the_presence_filter_has_passed() {
     );
     // A reload that raises a timeout: flows may outlive their stamps, so every
     // packet looks the tables up until the longest timeout has passed.
-    let longer = Settings {
-        conntrack: Some(CtTimeouts {
-            tcp_established: timeouts.tcp_established + 1,
-            ..timeouts
-        }),
-        ..gateway()
-    };
+    let longer = gateway_with(CtTimeouts {
+        tcp_established: timeouts.tcp_established + 1,
+        ..timeouts
+    });
     h.reapply_with(rules(), &longer);
     for (c, s, rule) in [
         ("10.0.0.2", "203.0.113.10", WEB),
@@ -1407,13 +1306,7 @@ fn flows_adopted_without_their_filter_are_still_found() {
         pin_dir: Some(pins.clone()),
         ..LoadOptions::default()
     };
-    let off = Settings {
-        conntrack: Some(CtTimeouts {
-            cache_refresh_ms: 0,
-            ..CtTimeouts::default()
-        }),
-        ..gateway()
-    };
+    let off = gateway_with(uncached());
     let x = Prog::Xdp;
     let (c, s) = ("10.0.0.2", "203.0.113.10");
     let mut h = Harness::with_load(rules(), &off, &opts);
