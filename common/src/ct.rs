@@ -280,10 +280,9 @@ impl Default for CtTimeouts {
 }
 
 impl CtTimeouts {
-    /// The longest timeout of any state, in nanoseconds.
-    #[must_use]
-    pub fn max_ns(&self) -> u64 {
-        let all = [
+    /// Every state's timeout, in seconds (the cache refresh is not one).
+    const fn by_state(&self) -> [u32; 7] {
+        [
             self.tcp_syn_sent,
             self.tcp_established,
             self.tcp_closing,
@@ -291,21 +290,23 @@ impl CtTimeouts {
             self.udp_unreplied,
             self.udp_replied,
             self.icmp,
-        ];
-        u64::from(all.into_iter().max().unwrap_or(0)) * 1_000_000_000
+        ]
+    }
+
+    /// The longest timeout of any state, in nanoseconds.
+    #[must_use]
+    pub fn max_ns(&self) -> u64 {
+        u64::from(self.by_state().into_iter().max().unwrap_or(0)) * 1_000_000_000
     }
 
     /// Whether any state's timeout is longer in `self` than in `old` (flows stamped
     /// under `old` may then outlive their stamps, module docs "Presence filter").
     #[must_use]
     pub fn raises(&self, old: &Self) -> bool {
-        self.tcp_syn_sent > old.tcp_syn_sent
-            || self.tcp_established > old.tcp_established
-            || self.tcp_closing > old.tcp_closing
-            || self.tcp_closed > old.tcp_closed
-            || self.udp_unreplied > old.udp_unreplied
-            || self.udp_replied > old.udp_replied
-            || self.icmp > old.icmp
+        self.by_state()
+            .into_iter()
+            .zip(old.by_state())
+            .any(|(new, old)| new > old)
     }
 
     /// The timeout of a state, in nanoseconds.

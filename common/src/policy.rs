@@ -191,6 +191,15 @@ pub struct Config {
     pub ct_filter_from_ns: u64,
 }
 
+impl Config {
+    /// Whether a daemon ever wrote this value (an all-zero `CONFIG` is the map's
+    /// initial state: nothing applied yet).
+    #[must_use]
+    pub const fn written(&self) -> bool {
+        self.layout != 0 || self.generation != 0
+    }
+}
+
 /// What the maps' contents mean, as this build writes and reads them. Bumped when a
 /// map keeps its key and value sizes but changes its encoding (an upgrade across such
 /// a change must not adopt the old pins; sizes are checked separately).

@@ -337,9 +337,6 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     /// Links this process attached or adopted, pinned (dropping them keeps them).
     links: Vec<PinnedLink>,
-    /// The flow tables were adopted from pins without their presence filter: the
-    /// next `CONFIG` write makes the datapath ignore the filter for a while.
-    ct_unstamped: bool,
 }
 
 /// `Config::ct_filter_from_ns` for `next`, about to replace `prev` at `now_ns`
@@ -350,7 +347,7 @@ pub struct Dataplane {
 /// clock's tick). Never moves back: an earlier raise may still need its time.
 #[must_use]
 fn filter_from_ns(prev: &DpConfig, next: &DpConfig, unstamped: bool, now_ns: u64) -> u64 {
-    let prev_written = prev.layout != 0 || prev.generation != 0;
+    let prev_written = prev.written();
     let from = if prev_written {
         prev.ct_filter_from_ns
     } else {
@@ -463,8 +460,7 @@ fn check_layout(path: &Path) -> Result<()> {
     let Ok(cfg) = cfg.get(&0, 0) else {
         return Ok(());
     };
-    let written = cfg.layout != 0 || cfg.generation != 0;
-    if written && cfg.layout != MAP_LAYOUT {
+    if cfg.written() && cfg.layout != MAP_LAYOUT {
         return Err(DataplaneError::IncompatiblePin {
             name: names::MAP_CONFIG,
             path: path.display().to_string(),
@@ -576,16 +572,15 @@ impl Dataplane {
             sets_per_slot,
             pin_dir: opts.pin_dir.clone(),
             links: Vec::new(),
-            ct_unstamped,
         };
-        if dp.ct_unstamped {
+        if ct_unstamped {
             // Before any packet meets the new, empty filter.
             tracing::warn!(
                 "pinned flow tables without a presence filter: every tracked packet looks \
                  the tables up until their flows' timeouts have passed"
             );
             let cfg = dp.config()?;
-            dp.write_config(cfg)?;
+            dp.store_config(cfg, true)?;
         }
         Ok(dp)
     }
@@ -837,13 +832,15 @@ impl Dataplane {
 
     /// Write `CONFIG[0]` (one map update: the datapath sees the old or the new value).
     fn write_config(&mut self, cfg: DpConfig) -> Result<()> {
+        self.store_config(cfg, false)
+    }
+
+    /// [`Dataplane::write_config`]; `unstamped`: the flow tables hold flows the
+    /// presence filter has not seen (adopted without its pin).
+    fn store_config(&mut self, cfg: DpConfig, unstamped: bool) -> Result<()> {
         let prev = self.config()?;
-        let ct_filter_from_ns = filter_from_ns(
-            &prev,
-            &cfg,
-            self.ct_unstamped,
-            crate::reports::time::monotonic_ns(),
-        );
+        let ct_filter_from_ns =
+            filter_from_ns(&prev, &cfg, unstamped, crate::reports::time::monotonic_ns());
         // Whatever the caller read back: this build's layout from now on.
         let cfg = DpConfig {
             layout: MAP_LAYOUT,
@@ -853,9 +850,7 @@ impl Dataplane {
         let map = self.map_mut(names::MAP_CONFIG)?;
         let mut arr: Array<&mut MapData, DpConfig> =
             Array::try_from(map).map_err(map_err(names::MAP_CONFIG))?;
-        arr.set(0, cfg, 0).map_err(map_err(names::MAP_CONFIG))?;
-        self.ct_unstamped = false;
-        Ok(())
+        arr.set(0, cfg, 0).map_err(map_err(names::MAP_CONFIG))
     }
 
     /// Write `policy` into the inactive slot, switch to it in one map write, then
@@ -932,10 +927,8 @@ impl Dataplane {
             generation,
             flags,
             ct: settings.conntrack.unwrap_or_default(),
-            layout: MAP_LAYOUT,
-            _pad: 0,
-            // write_config decides it.
-            ct_filter_from_ns: 0,
+            // The layout and the filter's from-time: write_config's.
+            ..DpConfig::default()
         })?;
         self.remove_fast_forward(&stale)?;
         std::thread::sleep(OLD_SLOT_GRACE);

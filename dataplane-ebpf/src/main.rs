@@ -1082,8 +1082,7 @@ mod prog {
         // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
         let c = unsafe { &mut *c };
         let mut cached_last = 0;
-        let held = cache_holds(c, tag, f);
-        if held {
+        if cache_holds(c, tag, f) {
             if now < c.until_ns
                 && c.generation == cfg.generation
                 && f.tcp_flags & (TCP_FIN | TCP_RST) == 0
