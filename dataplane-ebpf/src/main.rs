@@ -7,6 +7,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 // `atomic_xadd` (`filter_cover`): the only atomic add the BPF target has.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+// `asm!` on BPF (`parse::word`: one load for an unaligned packet word).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
@@ -38,7 +40,7 @@ mod prog {
             CT_FILTER_BITS, CT_FILTER_SLOTS, CT_FIN_A, CT_FIN_B, CT_REPLIED, CT_TCP_CLOSED,
             CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_SYN_SENT, CT_UNREPLIED, CtKeyV4, CtKeyV6,
             CtValue, DEFAULT_CT_MAX_ENTRIES, FLOW_CACHE_BITS, FLOW_CACHE_ENTRIES,
-            FLOW_CACHE_FROM_A, FLOW_CACHE_FROM_B, FLOW_CACHE_VALID, FlowCacheEntry, V4_MAPPED_WORD,
+            FLOW_CACHE_FROM_A, FLOW_CACHE_FROM_B, FLOW_CACHE_VALID, FlowCacheEntry,
             ct_filter_passed, ct_filter_stamp,
         },
         policy::{
@@ -59,9 +61,7 @@ mod prog {
         },
     };
 
-    use crate::parse::{
-        Cursor, ETH_HDR, ETH_P_IP, ETH_P_IPV6, IPV4_HDR, IPV6_HDR, L3, Outcome, Parsed, parse,
-    };
+    use crate::parse::{Cursor, ETH_HDR, ETH_P_IP, ETH_P_IPV6, Headers, IPV4_HDR, IPV6_HDR, parse};
 
     #[map]
     static POLICY_V4: LpmTrie<PolicyKeyV4, PolicyValue> =
@@ -199,9 +199,7 @@ mod prog {
     /// here; IP packets continue in `tagwall_xdp_decide` by tail call.
     #[xdp]
     pub fn tagwall_xdp(ctx: XdpContext) -> u32 {
-        let start = ctx.data();
-        let end = ctx.data_end();
-        let verdict = match stage1(&Cursor::new(start, end), Hook::Gateway) {
+        let verdict = match stage1(|| Cursor::new(ctx.data(), ctx.data_end()), Hook::Gateway) {
             Some(v) => v,
             None => {
                 // SAFETY: the context is the program's own.
@@ -212,7 +210,8 @@ mod prog {
         if verdict.reason == REASON_MALFORMED {
             debug!(&ctx, "tagwall: dropping unparsable packet");
         }
-        xdp_act(finish(&verdict, (end - start) as u64, config().audit != 0))
+        let len = (ctx.data_end() - ctx.data()) as u64;
+        xdp_act(finish(&verdict, len, config().audit != 0))
     }
 
     /// Gateway mode, stage 2: policy and connection tracking on `FACTS`.
@@ -270,17 +269,17 @@ mod prog {
         let ethertype = unsafe { u16::from_be_bytes([*eth.add(12), *eth.add(13)]) };
         // SAFETY: all-zero is a valid bpf_fib_lookup (integers and unions of them).
         let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-        let v6 = if ethertype == ETH_P_IP && f.v6 == 0 {
+        let v6 = if ethertype == ETH_P_IP && f.h.v6 == 0 {
             // SAFETY: inside the IPv4 header checked above.
             unsafe {
                 p.family = AF_INET;
                 p.__bindgen_anon_2.tos = *ip.add(1);
                 p.__bindgen_anon_1.tot_len = u16::from_be_bytes([*ip.add(2), *ip.add(3)]);
-                p.__bindgen_anon_3.ipv4_src = f.src[3];
-                p.__bindgen_anon_4.ipv4_dst = f.dst[3];
+                p.__bindgen_anon_3.ipv4_src = f.h.src[3];
+                p.__bindgen_anon_4.ipv4_dst = f.h.dst[3];
             }
             false
-        } else if ethertype == ETH_P_IPV6 && f.v6 != 0 {
+        } else if ethertype == ETH_P_IPV6 && f.h.v6 != 0 {
             if start + ETH_HDR + IPV6_HDR > end {
                 return to_stack(FWD_UNSUPPORTED, len);
             }
@@ -292,18 +291,18 @@ mod prog {
                     u32::from_ne_bytes([*ip & 0x0f, *ip.add(1), *ip.add(2), *ip.add(3)]);
                 let payload = u16::from_be_bytes([*ip.add(4), *ip.add(5)]);
                 p.__bindgen_anon_1.tot_len = payload.saturating_add(IPV6_HDR as u16);
-                p.__bindgen_anon_3.ipv6_src = f.src;
-                p.__bindgen_anon_4.ipv6_dst = f.dst;
+                p.__bindgen_anon_3.ipv6_src = f.h.src;
+                p.__bindgen_anon_4.ipv6_dst = f.h.dst;
             }
             true
         } else {
             // VLAN-tagged (the parser stripped the tags, this rewrite does not).
             return to_stack(FWD_UNSUPPORTED, len);
         };
-        p.l4_protocol = f.proto;
-        if f.has_flow != 0 {
-            p.sport = f.sport.to_be();
-            p.dport = f.dport.to_be();
+        p.l4_protocol = f.h.proto;
+        if f.h.has_flow != 0 {
+            p.sport = f.h.sport.to_be();
+            p.dport = f.h.dport.to_be();
         }
         p.ifindex = ctx.ingress_ifindex() as u32;
         // SAFETY: `p` is a whole bpf_fib_lookup on this stack frame.
@@ -441,7 +440,7 @@ mod prog {
         if ((ctx.data_end() - ctx.data()) as u32) < want {
             let _ = ctx.pull_data(want);
         }
-        let verdict = match stage1(&Cursor::new(ctx.data(), ctx.data_end()), hook) {
+        let verdict = match stage1(|| Cursor::new(ctx.data(), ctx.data_end()), hook) {
             Some(v) => v,
             None => {
                 // SAFETY: the context is the program's own.
@@ -461,21 +460,25 @@ mod prog {
         }
     }
 
-    /// Parse; store an IP packet's facts for stage 2 (`None`), or return the verdict
-    /// of a packet that ends here.
+    /// Parse into `FACTS` for stage 2 (`None`), or return the verdict of a packet
+    /// that ends here. `packet` reads the packet's bounds after the `FACTS` lookup:
+    /// read before it, they stayed live across the helper call, which clobbers the
+    /// argument registers, and went through the stack.
     #[inline(always)]
-    fn stage1(c: &Cursor, hook: Hook) -> Option<Verdict> {
-        let p = match parse(c) {
-            Ok(Outcome::NonIp) => return Some(Verdict::new(REASON_NON_IP, hook_dir(hook))),
-            Ok(Outcome::Ip(p)) => p,
-            Err(reason) => return Some(Verdict::new(reason, hook_dir(hook))),
-        };
+    fn stage1(packet: impl FnOnce() -> Cursor, hook: Hook) -> Option<Verdict> {
         let Some(f) = FACTS.get_ptr_mut(0) else {
             return Some(Verdict::new(REASON_INTERNAL, hook_dir(hook)));
         };
         // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
-        unsafe { store_facts(&p, hook, &mut *f) };
-        None
+        let f = unsafe { &mut *f };
+        match parse(&packet(), &mut f.h) {
+            Ok(true) => {
+                f.hook = hook as u8;
+                None
+            }
+            Ok(false) => Some(Verdict::new(REASON_NON_IP, hook_dir(hook))),
+            Err(reason) => Some(Verdict::new(reason, hook_dir(hook))),
+        }
     }
 
     /// Stage 2 programs. A program array belongs to one program type, so XDP and TC
@@ -492,19 +495,8 @@ mod prog {
     /// the verifier's complexity limit.
     #[repr(C)]
     pub struct Facts {
-        src: [u32; 4],
-        dst: [u32; 4],
-        /// Ports as in `Parsed::flow_ports`, valid when `has_flow`.
-        sport: u16,
-        dport: u16,
-        v6: u8,
-        proto: u8,
-        /// The packet carries a destination port (TCP/UDP, not a later fragment).
-        has_dport: u8,
-        has_flow: u8,
-        later_fragment: u8,
-        echo_request: u8,
-        tcp_flags: u8,
+        /// The packet's headers, as stage 1 parsed them.
+        h: Headers,
         /// `Hook` as `u8`.
         hook: u8,
         /// The flow's canonical key in the table of the packet's family (stage 2
@@ -545,49 +537,6 @@ mod prog {
         f.clock_ns
     }
 
-    #[inline(always)]
-    fn word(b: &[u8; 16], i: usize) -> u32 {
-        u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
-    }
-
-    /// An address as key words (IPv4 as IPv4-mapped IPv6); no byte loops, which the
-    /// verifier would have to walk byte by byte.
-    #[inline(always)]
-    fn words(a: &L3) -> [u32; 4] {
-        match a {
-            L3::V6(b) => [word(b, 0), word(b, 4), word(b, 8), word(b, 12)],
-            L3::V4(b) => [0, 0, V4_MAPPED_WORD, u32::from_ne_bytes(*b)],
-        }
-    }
-
-    #[inline(always)]
-    fn store_facts(p: &Parsed, hook: Hook, f: &mut Facts) {
-        f.hook = hook as u8;
-        f.src = words(&p.src);
-        f.dst = words(&p.dst);
-        f.v6 = u8::from(matches!(p.dst, L3::V6(_)));
-        f.proto = p.proto;
-        match p.flow_ports {
-            Some((s, d)) => {
-                f.has_flow = 1;
-                f.sport = s;
-                f.dport = d;
-            }
-            None => {
-                f.has_flow = 0;
-                f.sport = 0;
-                f.dport = 0;
-            }
-        }
-        f.has_dport = u8::from(p.dport.is_some());
-        if let Some(d) = p.dport {
-            f.dport = d;
-        }
-        f.later_fragment = u8::from(p.later_fragment);
-        f.echo_request = u8::from(p.echo_request);
-        f.tcp_flags = p.tcp_flags;
-    }
-
     /// The verdict on the packet in `FACTS`.
     #[inline(always)]
     fn decide(cfg: &Config) -> Verdict {
@@ -605,7 +554,7 @@ mod prog {
         let slot = cfg.slot as u8;
         let tracking = cfg.flags & CONFIG_F_CONNTRACK != 0;
         let mut now = 0;
-        if tracking && f.has_flow != 0 {
+        if tracking && f.h.has_flow != 0 {
             fill_ct_key(f);
             now = coarse_now(f);
         }
@@ -637,26 +586,26 @@ mod prog {
             Hook::HostIngress => (DIR_INGRESS, true),
             Hook::Gateway => {
                 if cfg.flags & CONFIG_F_DIRECTIONAL == 0
-                    || is_internal(&f.src, f.v6, slot, cfg.flags)
+                    || is_internal(&f.h.src, f.h.v6, slot, cfg.flags)
                 {
                     (DIR_EGRESS, true)
                 } else {
-                    (DIR_INGRESS, is_internal(&f.dst, f.v6, slot, cfg.flags))
+                    (DIR_INGRESS, is_internal(&f.h.dst, f.h.v6, slot, cfg.flags))
                 }
             }
         };
-        let dport = if f.has_dport != 0 {
-            Some(f.dport)
+        let dport = if f.h.has_dport != 0 {
+            Some(f.h.dport)
         } else {
             None
         };
         let v = policy(
-            &f.src,
-            &f.dst,
-            f.v6,
-            f.proto,
+            &f.h.src,
+            &f.h.dst,
+            f.h.v6,
+            f.h.proto,
             dport,
-            f.later_fragment != 0,
+            f.h.later_fragment != 0,
             slot,
             dir,
             rules,
@@ -881,17 +830,17 @@ mod prog {
     /// place: a struct literal made LLVM copy the key twice and call `memset`.
     #[inline(always)]
     fn fill_ct_key(f: &mut Facts) {
-        let (sport, dport) = (f.sport, f.dport);
-        let swap = match words_after(&f.src, &f.dst) {
+        let (sport, dport) = (f.h.sport, f.h.dport);
+        let swap = match words_after(&f.h.src, &f.h.dst) {
             Some(after) => after,
             None => sport > dport,
         };
         let (pa, pb) = if swap { (dport, sport) } else { (sport, dport) };
-        if f.v6 == 0 {
+        if f.h.v6 == 0 {
             let (a, b) = if swap {
-                (f.dst[3], f.src[3])
+                (f.h.dst[3], f.h.src[3])
             } else {
-                (f.src[3], f.dst[3])
+                (f.h.src[3], f.h.dst[3])
             };
             let k = &mut f.key4;
             k.addr_a = a;
@@ -899,7 +848,11 @@ mod prog {
             k.port_a = pa;
             k.port_b = pb;
         } else {
-            let (a, b) = if swap { (f.dst, f.src) } else { (f.src, f.dst) };
+            let (a, b) = if swap {
+                (f.h.dst, f.h.src)
+            } else {
+                (f.h.src, f.h.dst)
+            };
             let k = &mut f.key6;
             k.addr_a = a;
             k.addr_b = b;
@@ -911,7 +864,7 @@ mod prog {
         // most (last address words, ports), mixed symmetrically so that the order of
         // the ends does not matter. Collisions only cost table lookups.
         let ports = u32::from(sport ^ dport) | u32::from(sport.wrapping_add(dport)) << 16;
-        let mix = (f.src[3] ^ f.dst[3] ^ ports).wrapping_mul(0x9E37_79B1);
+        let mix = (f.h.src[3] ^ f.h.dst[3] ^ ports).wrapping_mul(0x9E37_79B1);
         f.cache_slot = mix >> (32 - FLOW_CACHE_BITS);
         f.filter_slot = mix >> (32 - CT_FILTER_BITS);
     }
@@ -919,7 +872,7 @@ mod prog {
     /// The packet's entry in its family's flow table.
     #[inline(always)]
     fn ct_get(f: &Facts) -> Option<*mut CtValue> {
-        if f.v6 == 0 {
+        if f.h.v6 == 0 {
             CONNTRACK_V4.get_ptr_mut(&f.key4)
         } else {
             CONNTRACK_V6.get_ptr_mut(&f.key6)
@@ -928,7 +881,7 @@ mod prog {
 
     #[inline(always)]
     fn ct_remove(f: &Facts) {
-        let _ = if f.v6 == 0 {
+        let _ = if f.h.v6 == 0 {
             CONNTRACK_V4.remove(&f.key4)
         } else {
             CONNTRACK_V6.remove(&f.key6)
@@ -957,7 +910,7 @@ mod prog {
         // SAFETY: reads of fields of a live reference.
         let r = |p: &u32| unsafe { core::ptr::read_volatile(p) };
         let r16 = |p: &u16| u32::from(unsafe { core::ptr::read_volatile(p) });
-        if f.v6 == 0 {
+        if f.h.v6 == 0 {
             let k = &f.key4;
             let ports = r16(&k.port_a) | r16(&k.port_b) << 16;
             [r(&k.addr_a), r(&k.addr_b), ports, 0, 0, 0, 0, 0, 0]
@@ -987,7 +940,7 @@ mod prog {
         }
         let (k, w) = (&c.key, cache_key(f));
         let mut diff = (k[0] ^ w[0]) | (k[1] ^ w[1]) | (k[2] ^ w[2]);
-        if f.v6 != 0 {
+        if f.h.v6 != 0 {
             diff |= (k[3] ^ w[3]) | (k[4] ^ w[4]) | (k[5] ^ w[5]) | (k[6] ^ w[6]);
             diff |= (k[7] ^ w[7]) | (k[8] ^ w[8]);
         }
@@ -1065,11 +1018,11 @@ mod prog {
     /// would not change the flow's state, without the table lookup.
     #[inline(always)]
     fn ct_continue(f: &Facts, cfg: &Config, now: u64) -> Option<Verdict> {
-        if f.has_flow == 0 {
+        if f.h.has_flow == 0 {
             return None;
         }
         let src_is_a = f.src_is_a != 0;
-        let tag = FLOW_CACHE_VALID | u32::from(f.v6) << 8 | u32::from(f.proto);
+        let tag = FLOW_CACHE_VALID | u32::from(f.h.v6) << 8 | u32::from(f.h.proto);
         // The lookup never fails (the slot number is below the map's size); if it did,
         // the packet would drop as `internal`: a maybe-missing slot kept to the refill
         // below made the verifier walk the whole table path twice. The probe runs with
@@ -1085,7 +1038,7 @@ mod prog {
         if cache_holds(c, tag, f) {
             if now < c.until_ns
                 && c.generation == cfg.generation
-                && f.tcp_flags & (TCP_FIN | TCP_RST) == 0
+                && f.h.tcp_flags & (TCP_FIN | TCP_RST) == 0
                 && c.from & endpoint_bit(src_is_a) != 0
             {
                 c.last_ns = now;
@@ -1110,7 +1063,7 @@ mod prog {
         // SAFETY: a pointer into the map value; concurrent updates from other CPUs can
         // interleave field writes, which at worst mis-times one state change.
         let e = unsafe { &mut *e };
-        if e.proto != f.proto {
+        if e.proto != f.h.proto {
             // Another protocol's flow between the same ends and ports (not in the key):
             // not this packet's flow.
             return None;
@@ -1119,7 +1072,7 @@ mod prog {
             // Packets this CPU served from its cache since the table last saw one.
             e.last_seen_ns = cached_last;
         }
-        if now.saturating_sub(e.last_seen_ns) > cfg.ct.for_state_ns(e.state, f.proto) {
+        if now.saturating_sub(e.last_seen_ns) > cfg.ct.for_state_ns(e.state, f.h.proto) {
             ct_remove(f);
             ct_bump(CT_EXPIRED);
             return None;
@@ -1129,11 +1082,11 @@ mod prog {
             // A reload happened since this flow was allowed: check it again as it was
             // opened (initiator -> responder, to the responder's port).
             let (isrc, idst, rport) = if from_initiator {
-                (&f.src, &f.dst, f.dport)
+                (&f.h.src, &f.h.dst, f.h.dport)
             } else {
-                (&f.dst, &f.src, f.sport)
+                (&f.h.dst, &f.h.src, f.h.sport)
             };
-            let port = if f.proto == PROTO_TCP || f.proto == PROTO_UDP {
+            let port = if f.h.proto == PROTO_TCP || f.h.proto == PROTO_UDP {
                 Some(rport)
             } else {
                 None
@@ -1141,8 +1094,8 @@ mod prog {
             let v = policy(
                 isrc,
                 idst,
-                f.v6,
-                f.proto,
+                f.h.v6,
+                f.h.proto,
                 port,
                 false,
                 cfg.slot as u8,
@@ -1159,8 +1112,8 @@ mod prog {
             e.rule_id = v.rule_id;
             ct_bump(CT_REVALIDATED);
         }
-        if f.proto == PROTO_TCP {
-            let fl = f.tcp_flags;
+        if f.h.proto == PROTO_TCP {
+            let fl = f.h.tcp_flags;
             if fl & TCP_RST != 0 {
                 if e.state != CT_TCP_CLOSED {
                     ct_bump(CT_CLOSED);
@@ -1187,7 +1140,7 @@ mod prog {
             e.state = CT_REPLIED;
         }
         e.last_seen_ns = now;
-        filter_cover(f.filter_slot, now + cfg.ct.for_state_ns(e.state, f.proto));
+        filter_cover(f.filter_slot, now + cfg.ct.for_state_ns(e.state, f.h.proto));
         ct_bump(CT_HIT);
         cache_fill(c, tag, f, e, cfg, now);
         let dir = if from_initiator {
@@ -1207,11 +1160,11 @@ mod prog {
     /// than the call.
     #[inline(never)]
     fn ct_open(f: &Facts, v: &Verdict, cfg: &Config, now: u64) {
-        if f.has_flow == 0 {
+        if f.h.has_flow == 0 {
             return;
         }
-        let state = if f.proto == PROTO_TCP {
-            let fl = f.tcp_flags;
+        let state = if f.h.proto == PROTO_TCP {
+            let fl = f.h.tcp_flags;
             if fl & TCP_RST != 0 {
                 return;
             }
@@ -1221,7 +1174,7 @@ mod prog {
                 // Picked up mid-stream (e.g. started after the connection was).
                 CT_TCP_ESTABLISHED
             }
-        } else if f.proto == PROTO_UDP || f.echo_request != 0 {
+        } else if f.h.proto == PROTO_UDP || f.h.echo_request != 0 {
             CT_UNREPLIED
         } else {
             return;
@@ -1237,11 +1190,11 @@ mod prog {
         value.state = state;
         value.initiator = u8::from(!src_is_a);
         value.dir = v.dir;
-        value.proto = f.proto;
+        value.proto = f.h.proto;
         // Stamped first: a reply handled on another CPU must not find the stamp
         // behind the entry.
-        filter_cover(f.filter_slot, now + cfg.ct.for_state_ns(state, f.proto));
-        let inserted = if f.v6 == 0 {
+        filter_cover(f.filter_slot, now + cfg.ct.for_state_ns(state, f.h.proto));
+        let inserted = if f.h.v6 == 0 {
             CONNTRACK_V4.insert(&f.key4, &value, 0)
         } else {
             CONNTRACK_V6.insert(&f.key6, &value, 0)
@@ -1360,21 +1313,21 @@ mod prog {
         } else {
             ACTION_DROP
         } as u8;
-        let dport = if f.has_dport != 0 { f.dport } else { 0 };
+        let dport = if f.h.has_dport != 0 { f.h.dport } else { 0 };
         if rc.flags & REPORT_F_TOP != 0 {
             let (remote, local) = if dir == DIR_INGRESS {
-                (f.src, f.dst)
+                (f.h.src, f.h.dst)
             } else {
-                (f.dst, f.src)
+                (f.h.dst, f.h.src)
             };
             // Zeroed, then field by field (literals' padding became `memset` calls).
             // SAFETY: all-zero is a valid TopKey/TopValue/DenyEvent (plain integers).
             let mut key: TopKey = unsafe { core::mem::zeroed() };
             key.addr = remote;
             key.port = dport;
-            key.proto = f.proto;
+            key.proto = f.h.proto;
             key.dir = dir;
-            key.v6 = f.v6;
+            key.v6 = f.h.v6;
             let mut counted = false;
             if let Some(e) = TOP_DENIED.get_ptr_mut(&key) {
                 counted = true;
@@ -1423,16 +1376,16 @@ mod prog {
                 // SAFETY: as above.
                 let mut ev: DenyEvent = unsafe { core::mem::zeroed() };
                 ev.time_ns = now;
-                ev.src = f.src;
-                ev.dst = f.dst;
+                ev.src = f.h.src;
+                ev.dst = f.h.dst;
                 ev.len = len as u32;
-                ev.sport = if f.has_dport != 0 { f.sport } else { 0 };
+                ev.sport = if f.h.has_dport != 0 { f.h.sport } else { 0 };
                 ev.dport = dport;
-                ev.proto = f.proto;
+                ev.proto = f.h.proto;
                 ev.dir = dir;
                 ev.reason = reason;
                 ev.action = action;
-                ev.v6 = f.v6;
+                ev.v6 = f.h.v6;
                 e.write(ev);
                 e.submit(0);
                 ev_bump(EV_EMITTED, len);
