@@ -473,7 +473,7 @@ mod prog {
         let f = unsafe { &mut *f };
         match parse(&packet(), &mut f.h) {
             Ok(true) => {
-                f.hook = hook as u8;
+                f.h.hook = hook as u8;
                 None
             }
             Ok(false) => Some(Verdict::new(REASON_NON_IP, hook_dir(hook))),
@@ -495,10 +495,8 @@ mod prog {
     /// the verifier's complexity limit.
     #[repr(C)]
     pub struct Facts {
-        /// The packet's headers, as stage 1 parsed them.
+        /// The packet's headers, as stage 1 parsed them, and its hook.
         h: Headers,
-        /// `Hook` as `u8`.
-        hook: u8,
         /// The flow's canonical key in the table of the packet's family (stage 2
         /// fills it when tracking, see [`fill_ct_key`]); map helpers read it in place.
         key4: CtKeyV4,
@@ -545,7 +543,7 @@ mod prog {
         };
         // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
         let f = unsafe { &mut *f };
-        let hook = match f.hook {
+        let hook = match f.h.hook {
             1 => Hook::HostEgress,
             2 => Hook::HostIngress,
             3 => Hook::GatewayLocal,

@@ -122,7 +122,13 @@ pub struct Headers {
     pub echo_request: u8,
     /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 for other protocols.
     pub tcp_flags: u8,
+    /// The program's hook (`Hook` as `u8`), written by the caller, not the parser.
+    pub hook: u8,
 }
+
+// `FACTS` is a pinned map, adopted across upgrades when its size matches: these
+// fields keep the offsets they had there before `Headers` existed.
+const _: () = assert!(core::mem::size_of::<Headers>() == 44);
 
 /// Parse Ethernet, up to two VLAN tags, IPv4/IPv6 and the L4 header into `h`:
 /// `Ok(true)` for an IP packet (every field of `h` written), `Ok(false)` for another
