@@ -2,10 +2,12 @@
 //! the per-CPU values.
 //!
 //! - `RULE_STATS[rule_id]`: packets/bytes allowed by each rule (rule 0 is unused).
-//! - `REASON_STATS[dir * REASON_MAX + reason]`: every packet, keyed by the reason of its
-//!   verdict (see [`crate::verdict`]) and its direction.
-//! - `ACTION_STATS[action]`: what actually happened to the packet (pass, drop, or pass
-//!   in audit mode although the policy would drop it).
+//! - `REASON_STATS[(audit * DIR_MAX + dir) * REASON_MAX + reason]` ([`reason_index`]):
+//!   every packet, keyed by the reason of its verdict (see [`crate::verdict`]), its
+//!   direction and whether audit mode was on. What actually happened to the packet
+//!   (pass, drop, or pass in audit mode although the policy would drop it) follows
+//!   from the reason and the audit bit ([`action_of`]), so userspace sums the actions
+//!   from these counters and a packet pays one counter update for both.
 
 /// A packet and byte counter. Per-CPU, so updates need no atomics.
 #[repr(C)]
@@ -44,21 +46,35 @@ pub const KEY_DIR_LOCAL: u8 = 2;
 /// in. Only a key code, never a packet direction.
 pub const KEY_DIR_INTERNAL: u8 = 3;
 
-/// Index into `REASON_STATS`.
+/// Index into `REASON_STATS` of a packet of direction `dir` (`DIR_*`) whose verdict
+/// has `reason`, judged with audit mode on or off.
 #[must_use]
-pub const fn reason_index(dir: u8, reason: u8) -> u32 {
-    (dir as u32) * crate::verdict::REASON_MAX + (reason as u32)
+pub const fn reason_index(dir: u8, reason: u8, audit: bool) -> u32 {
+    ((audit as u32) * DIR_MAX + (dir as u32)) * crate::verdict::REASON_MAX + (reason as u32)
 }
 
-/// Size of `REASON_STATS`.
-pub const REASON_STATS_LEN: u32 = DIR_MAX * crate::verdict::REASON_MAX;
+/// Size of `REASON_STATS`: both audit modes, both directions, every reason.
+pub const REASON_STATS_LEN: u32 = 2 * DIR_MAX * crate::verdict::REASON_MAX;
 
-/// Indices of `ACTION_STATS`.
+/// Actions: what happened to a packet ([`action_of`]).
 pub const ACTION_PASS: u32 = 0;
 pub const ACTION_DROP: u32 = 1;
 /// Audit mode: the policy would have dropped the packet, but it was passed.
 pub const ACTION_AUDIT_PASS: u32 = 2;
 pub const ACTION_MAX: u32 = 3;
+
+/// What happens to a packet whose verdict has `reason`, with audit mode on or off:
+/// an allowed packet passes; a denied one is dropped, or in audit mode passed.
+#[must_use]
+pub const fn action_of(reason: u8, audit: bool) -> u32 {
+    if !crate::verdict::is_drop(reason) {
+        ACTION_PASS
+    } else if audit {
+        ACTION_AUDIT_PASS
+    } else {
+        ACTION_DROP
+    }
+}
 
 /// Indices of `CT_STATS` (per-CPU packet counters of the connection tracker).
 /// A new flow was opened by a policy-allowed packet.
@@ -102,3 +118,36 @@ pub const FWD_OTHER_PORT: u32 = 5;
 /// VLAN-tagged frames and other encapsulations the fast path does not rewrite.
 pub const FWD_UNSUPPORTED: u32 = 6;
 pub const FWD_STATS_LEN: u32 = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::{FIRST_DROP, REASON_ALLOWED, REASON_MAX, is_drop};
+
+    #[test]
+    fn every_reason_direction_and_audit_mode_has_its_own_counter() {
+        let mut seen = [false; REASON_STATS_LEN as usize];
+        for audit in [false, true] {
+            for dir in [DIR_EGRESS, DIR_INGRESS] {
+                for reason in 0..u8::try_from(REASON_MAX).unwrap() {
+                    let i = reason_index(dir, reason, audit) as usize;
+                    assert!(!seen[i], "index {i} taken twice");
+                    seen[i] = true;
+                }
+            }
+        }
+        assert!(seen.iter().all(|s| *s), "every index used");
+    }
+
+    #[test]
+    fn action_follows_from_reason_and_audit() {
+        assert_eq!(action_of(REASON_ALLOWED, false), ACTION_PASS);
+        assert_eq!(action_of(REASON_ALLOWED, true), ACTION_PASS);
+        assert_eq!(action_of(FIRST_DROP, false), ACTION_DROP);
+        assert_eq!(action_of(FIRST_DROP, true), ACTION_AUDIT_PASS);
+        for reason in 0..u8::try_from(REASON_MAX).unwrap() {
+            assert_eq!(action_of(reason, false) == ACTION_DROP, is_drop(reason));
+            assert_ne!(action_of(reason, true), ACTION_DROP);
+        }
+    }
+}

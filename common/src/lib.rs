@@ -28,8 +28,8 @@ pub mod names {
     pub const MAP_PORT_SETS: &str = "PORT_SETS";
     pub const MAP_CONFIG: &str = "CONFIG";
     pub const MAP_RULE_STATS: &str = "RULE_STATS";
+    /// Per-packet verdict counters; the actions are summed from them (`counters`).
     pub const MAP_REASON_STATS: &str = "REASON_STATS";
-    pub const MAP_ACTION_STATS: &str = "ACTION_STATS";
     /// Flow tables, one per address family (`ct`).
     pub const MAP_CONNTRACK_V4: &str = "CONNTRACK_V4";
     pub const MAP_CONNTRACK_V6: &str = "CONNTRACK_V6";

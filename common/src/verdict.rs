@@ -31,7 +31,7 @@ pub const REASON_EXT_HDR_LIMIT: u8 = 12;
 /// jump table). Never expected; counted so it cannot go unnoticed.
 pub const REASON_INTERNAL: u8 = 13;
 
-/// Number of reason slots per direction in `REASON_STATS`.
+/// Number of reason slots per direction and audit mode in `REASON_STATS`.
 pub const REASON_MAX: u32 = 16;
 
 /// Is this reason a drop (or an audit-mode would-drop)?

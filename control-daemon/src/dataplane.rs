@@ -22,7 +22,8 @@ use aya::{
 use ipnet::IpNet;
 use tagwall_common::{
     counters::{
-        ACTION_MAX, Counter, DIR_MAX, KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, reason_index,
+        ACTION_MAX, Counter, DIR_MAX, KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, action_of,
+        reason_index,
     },
     ct::{
         CtKey, CtKeyV4, CtKeyV6, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES, FLOW_CACHE_ENTRIES,
@@ -54,7 +55,7 @@ pub const OLD_SLOT_GRACE: Duration = Duration::from_millis(5);
 /// the last user-space reference to it goes, which would break the attached
 /// programs when the daemon exits; `FACTS` joins the two stages, so both must see
 /// the same one after a restart.
-pub const PINNED_MAPS: [&str; 23] = [
+pub const PINNED_MAPS: [&str; 22] = [
     names::MAP_POLICY_V4,
     names::MAP_POLICY_V6,
     names::MAP_LOOKUP,
@@ -62,7 +63,6 @@ pub const PINNED_MAPS: [&str; 23] = [
     names::MAP_CONFIG,
     names::MAP_RULE_STATS,
     names::MAP_REASON_STATS,
-    names::MAP_ACTION_STATS,
     names::MAP_CONNTRACK_V4,
     names::MAP_CONNTRACK_V6,
     names::MAP_CT_STATS,
@@ -408,7 +408,18 @@ fn load_tc(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
     prog.load().map_err(verifier(name))
 }
 
-/// Refuse pinned maps whose key or value size differs from the embedded object's
+/// The maps whose number of entries `Dataplane::load` sets from its options.
+const SIZED_AT_LOAD: [&str; 6] = [
+    names::MAP_POLICY_V4,
+    names::MAP_POLICY_V6,
+    names::MAP_PORT_SETS,
+    names::MAP_CONNTRACK_V4,
+    names::MAP_CONNTRACK_V6,
+    names::MAP_TOP_DENIED,
+];
+
+/// Refuse pinned maps whose key or value size (or, for maps of a fixed size, number
+/// of entries) differs from the embedded object's
 /// (an upgrade across a layout change): aya would adopt them as they are, and the
 /// programs would then fail verification or misread them.
 fn check_pins(pins: &[(&'static str, PathBuf)]) -> Result<()> {
@@ -427,10 +438,20 @@ fn check_pins(pins: &[(&'static str, PathBuf)]) -> Result<()> {
             // Not a map (or unreadable): the loader reports it with its own error.
             continue;
         };
-        let sizes = |k: u32, v: u32| format!("{k}-byte keys and {v}-byte values");
+        // A map sized at load time keeps its pinned size (`Dataplane::load` says so);
+        // any other map's number of entries is part of the layout (a counter array
+        // that grew would drop the new indices' counts).
+        let fixed = !SIZED_AT_LOAD.contains(name);
+        let sizes = |k: u32, v: u32, n: u32| {
+            if fixed {
+                format!("{k}-byte keys, {v}-byte values and {n} entries")
+            } else {
+                format!("{k}-byte keys and {v}-byte values")
+            }
+        };
         let (found, expected) = (
-            sizes(info.key_size(), info.value_size()),
-            sizes(def.key_size(), def.value_size()),
+            sizes(info.key_size(), info.value_size(), info.max_entries()),
+            sizes(def.key_size(), def.value_size(), def.max_entries()),
         );
         if found != expected {
             return Err(DataplaneError::IncompatiblePin {
@@ -509,6 +530,7 @@ impl Dataplane {
             loader
                 .verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
         }
+        // Keep in step with SIZED_AT_LOAD.
         loader
             .map_max_entries(names::MAP_POLICY_V4, opts.max_prefixes)
             .map_max_entries(names::MAP_POLICY_V6, opts.max_prefixes)
@@ -1265,7 +1287,6 @@ impl Dataplane {
         Counters::read(
             &arr(names::MAP_RULE_STATS)?,
             &arr(names::MAP_REASON_STATS)?,
-            &arr(names::MAP_ACTION_STATS)?,
             &arr(names::MAP_CT_STATS)?,
             &arr(names::MAP_FWD_STATS)?,
             self.config()?,
@@ -1391,7 +1412,7 @@ pub struct Counters {
     pub rules: BTreeMap<u32, Counter>,
     /// (direction, reason) -> counter, only non-zero.
     pub reasons: BTreeMap<(u8, u8), Counter>,
-    /// `ACTION_*` index -> counter.
+    /// `ACTION_*` index -> counter (summed from the reasons, see `counters`).
     pub actions: [Counter; ACTION_MAX as usize],
     /// Connection tracker events (`CT_*` index -> packets), see [`CT_STAT_NAMES`].
     pub conntrack: [u64; CT_STAT_NAMES.len()],
@@ -1415,7 +1436,6 @@ impl Counters {
     fn read<T: Borrow<MapData>>(
         rules: &PerCpuArray<T, Counter>,
         reasons: &PerCpuArray<T, Counter>,
-        actions: &PerCpuArray<T, Counter>,
         ct: &PerCpuArray<T, Counter>,
         fwd: &PerCpuArray<T, Counter>,
         cfg: DpConfig,
@@ -1432,12 +1452,19 @@ impl Counters {
                 out.rules.insert(id, c);
             }
         }
-        for dir in 0..u8::try_from(DIR_MAX).expect("small") {
-            for reason in ALL_REASONS {
-                let c = sum_percpu(reasons, reason_index(dir, reason))
-                    .map_err(map_err(names::MAP_REASON_STATS))?;
-                if c.packets != 0 {
-                    out.reasons.insert((dir, reason), c);
+        // The datapath counts each packet once, by reason, direction and audit mode;
+        // the action follows from the reason and the mode.
+        for audit in [false, true] {
+            for dir in 0..u8::try_from(DIR_MAX).expect("small") {
+                for reason in ALL_REASONS {
+                    let c = sum_percpu(reasons, reason_index(dir, reason, audit))
+                        .map_err(map_err(names::MAP_REASON_STATS))?;
+                    if c.packets != 0 {
+                        let r = out.reasons.entry((dir, reason)).or_default();
+                        *r = r.add(c);
+                        let a = &mut out.actions[action_of(reason, audit) as usize];
+                        *a = a.add(c);
+                    }
                 }
             }
         }
@@ -1449,10 +1476,6 @@ impl Counters {
         for (i, slot) in out.fast_forward.iter_mut().enumerate() {
             *slot = sum_percpu(fwd, u32::try_from(i).expect("small"))
                 .map_err(map_err(names::MAP_FWD_STATS))?;
-        }
-        for (i, slot) in out.actions.iter_mut().enumerate() {
-            *slot = sum_percpu(actions, u32::try_from(i).expect("small"))
-                .map_err(map_err(names::MAP_ACTION_STATS))?;
         }
         Ok(out)
     }
@@ -1485,7 +1508,6 @@ impl Counters {
         Self::read(
             &arr(names::MAP_RULE_STATS)?,
             &arr(names::MAP_REASON_STATS)?,
-            &arr(names::MAP_ACTION_STATS)?,
             &arr(names::MAP_CT_STATS)?,
             &arr(names::MAP_FWD_STATS)?,
             cfg,

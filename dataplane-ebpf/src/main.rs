@@ -30,9 +30,9 @@ mod prog {
     use core::intrinsics::AtomicOrdering;
     use tagwall_common::{
         counters::{
-            ACTION_AUDIT_PASS, ACTION_DROP, ACTION_MAX, ACTION_PASS, CT_CACHED, CT_CLOSED,
-            CT_EXPIRED, CT_HIT, CT_INSERT_FAILED, CT_NEW, CT_REVALIDATED, CT_REVOKED, CT_STATS_LEN,
-            Counter, DIR_EGRESS, DIR_INGRESS, FWD_FRAG_NEEDED, FWD_NO_NEIGH, FWD_NOT_FORWARDED,
+            ACTION_AUDIT_PASS, ACTION_DROP, CT_CACHED, CT_CLOSED, CT_EXPIRED, CT_HIT,
+            CT_INSERT_FAILED, CT_NEW, CT_REVALIDATED, CT_REVOKED, CT_STATS_LEN, Counter,
+            DIR_EGRESS, DIR_INGRESS, FWD_FRAG_NEEDED, FWD_NO_NEIGH, FWD_NOT_FORWARDED,
             FWD_OTHER_PORT, FWD_REDIRECTED, FWD_STATS_LEN, FWD_TTL, FWD_UNSUPPORTED,
             KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, REASON_STATS_LEN, reason_index,
         },
@@ -81,8 +81,6 @@ mod prog {
     static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES, 0);
     #[map]
     static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STATS_LEN, 0);
-    #[map]
-    static ACTION_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(ACTION_MAX, 0);
     #[map]
     static CONNTRACK_V4: LruHashMap<CtKeyV4, CtValue> =
         LruHashMap::with_max_entries(DEFAULT_CT_MAX_ENTRIES, 0);
@@ -1253,19 +1251,12 @@ mod prog {
     /// The one exit: record the verdict, then say whether the packet passes.
     #[inline(always)]
     fn finish(v: &Verdict, len: u64, audit: bool) -> bool {
-        bump(&REASON_STATS, reason_index(v.dir, v.reason), len);
+        // One counter says both the reason and the action (`counters::action_of`).
+        bump(&REASON_STATS, reason_index(v.dir, v.reason, audit), len);
         if v.reason == REASON_ALLOWED || v.reason == REASON_ESTABLISHED {
             bump(&RULE_STATS, v.rule_id, len);
         }
-        let (action, pass) = if !is_drop(v.reason) {
-            (ACTION_PASS, true)
-        } else if audit {
-            (ACTION_AUDIT_PASS, true)
-        } else {
-            (ACTION_DROP, false)
-        };
-        bump(&ACTION_STATS, action, len);
-        pass
+        audit || !is_drop(v.reason)
     }
 
     /// Add a drop to this CPU's value of a `TOP_DENIED` entry.

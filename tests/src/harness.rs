@@ -39,7 +39,7 @@ pub struct Observed {
     pub reason: u8,
     /// The rule whose counter moved (0: none).
     pub rule_id: u32,
-    /// Which ACTION_STATS slot moved.
+    /// Which action counter moved (`ACTION_*`, summed from REASON_STATS).
     pub action_slot: u32,
 }
 

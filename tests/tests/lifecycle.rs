@@ -358,6 +358,19 @@ fn pinned_maps_of_another_layout_are_refused_by_name() {
     std::fs::rename(pins.join(names::MAP_CONFIG), pins.join(names::MAP_FACTS))
         .expect("move CONFIG's pin");
     assert_refused(&opts, names::MAP_FACTS, "FACTS");
+
+    // Same key and value sizes, fewer entries: CT_STATS' pin where REASON_STATS'
+    // belongs, as a REASON_STATS from before the audit mode was one of its keys.
+    std::fs::remove_dir_all(&pins).expect("unpin all");
+    drop(Dataplane::load(&opts).expect("pins again"));
+    std::fs::remove_file(pins.join(names::MAP_REASON_STATS)).expect("unpin REASON_STATS");
+    std::fs::rename(
+        pins.join(names::MAP_CT_STATS),
+        pins.join(names::MAP_REASON_STATS),
+    )
+    .expect("move CT_STATS' pin");
+    let expected = format!("{} entries", tagwall_common::counters::REASON_STATS_LEN);
+    assert_refused(&opts, names::MAP_REASON_STATS, &expected);
 }
 
 /// Loading with `opts` fails with `IncompatiblePin` for map `name`, and the message

@@ -9,7 +9,7 @@ use tagwall::{
     rules::{Direction, Proto, Rule},
 };
 use tagwall_common::{
-    counters::{ACTION_AUDIT_PASS, ACTION_DROP, ACTION_PASS},
+    counters::{ACTION_AUDIT_PASS, ACTION_DROP, ACTION_PASS, DIR_EGRESS},
     verdict::{
         REASON_ALLOWED, REASON_EXT_HDR_LIMIT, REASON_FRAGMENT, REASON_MALFORMED, REASON_NO_MATCH,
         REASON_NON_IP, REASON_PORT, is_drop, reason_name,
@@ -722,6 +722,24 @@ fn audit_mode_counts_but_passes() {
     h.reapply(policy(), false);
     let denied = h.run(&tcp4(OUTSIDE, 443));
     assert_eq!((denied.action, denied.action_slot), (XDP_DROP, ACTION_DROP));
+
+    // One counter per (reason, direction, audit mode): the reason's total spans both
+    // modes, the actions split them, and every packet is in exactly one action.
+    let c = h.dp.counters().expect("counters");
+    let no_match = c.reason(DIR_EGRESS, REASON_NO_MATCH).packets;
+    assert_eq!(no_match, 2, "{c:?}");
+    let packets = |slot: u32| c.actions[slot as usize].packets;
+    assert_eq!(
+        (
+            packets(ACTION_PASS),
+            packets(ACTION_AUDIT_PASS),
+            packets(ACTION_DROP)
+        ),
+        (1, 2, 1),
+        "{c:?}"
+    );
+    let reasons: u64 = c.reasons.values().map(|r| r.packets).sum();
+    assert_eq!(reasons, 4, "{c:?}");
 }
 
 #[test]
