@@ -30,7 +30,6 @@ const BPF_MAP_CREATE: i64 = 0;
 const BPF_MAP_UPDATE_ELEM: i64 = 2;
 const BPF_PROG_LOAD: i64 = 5;
 const BPF_OBJ_GET: i64 = 7;
-const BPF_MAP_GET_FD_BY_ID: i64 = 14;
 const BPF_PROG_TEST_RUN: i64 = 10;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -71,18 +70,6 @@ pub fn pinned_map(path: &std::path::Path) -> anyhow::Result<OwnedFd> {
     attr[0] = c.as_ptr() as u64; // pathname
     let fd = sys_bpf(BPF_OBJ_GET, &mut attr)
         .with_context(|| format!("BPF_OBJ_GET {}", path.display()))?;
-    Ok(owned(fd))
-}
-
-/// Open the map with kernel id `id` (BPF_MAP_GET_FD_BY_ID).
-///
-/// # Errors
-/// No such map.
-pub fn map_by_id(id: u32) -> anyhow::Result<OwnedFd> {
-    let mut attr = [0u64; 2];
-    attr[0] = u64::from(id); // map_id, next_id
-    let fd = sys_bpf(BPF_MAP_GET_FD_BY_ID, &mut attr)
-        .with_context(|| format!("BPF_MAP_GET_FD_BY_ID {id}"))?;
     Ok(owned(fd))
 }
 

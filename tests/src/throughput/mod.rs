@@ -459,34 +459,18 @@ impl Topo {
     }
 }
 
-/// xdp-filter's address maps: through its pins, or, when the pins are missing (seen
-/// here now and then right after a successful `xdp-filter load`), the newest maps of
-/// those names in the kernel.
+/// xdp-filter's address maps, through the pins it made in `bpffs`.
 fn xdp_filter_maps(bpffs: &Path) -> anyhow::Result<(OwnedFd, OwnedFd)> {
     let pins = bpffs.join("xdp-filter");
-    if let (Ok(a), Ok(b)) = (
-        livegen::pinned_map(&pins.join("filter_ipv4")),
-        livegen::pinned_map(&pins.join("filter_ipv6")),
-    ) {
-        return Ok((a, b));
-    }
-    eprintln!(
-        "tput: xdp-filter loaded but {} is missing: using its maps by id",
-        pins.display()
-    );
-    let all = json(Command::new("bpftool").args(["-j", "map", "show"]))?;
-    let newest = |name: &str| -> anyhow::Result<OwnedFd> {
-        let id = all
-            .as_array()
-            .context("bpftool map show: not an array")?
-            .iter()
-            .filter(|m| m["name"] == name)
-            .filter_map(|m| m["id"].as_u64())
-            .max()
-            .with_context(|| format!("no map {name}"))?;
-        livegen::map_by_id(u32::try_from(id)?)
+    let open = |name: &str| {
+        livegen::pinned_map(&pins.join(name)).with_context(|| {
+            format!(
+                "xdp-filter's map {name} is not pinned in {}",
+                pins.display()
+            )
+        })
     };
-    Ok((newest("filter_ipv4")?, newest("filter_ipv6")?))
+    Ok((open("filter_ipv4")?, open("filter_ipv6")?))
 }
 
 /// Number of possible CPUs (per-CPU map values have one slot each).
@@ -593,9 +577,21 @@ fn setup(f: Filter, p: &Policy, cpus: usize) -> anyhow::Result<Topo> {
         }
         Filter::XdpFilter => {
             let bpffs = t.bpffs.path.clone();
+            // xdp-filter pins its maps and programs under /sys/fs/bpf, or, where that
+            // is not a bpffs (`ip netns exec` mounts a fresh /sys), under the first
+            // bpffs in /proc/mounts, whosever it is (LIBXDP_BPFFS only moves libxdp's
+            // own pins). So each run gets this topology's bpffs bound on /sys/fs/bpf
+            // in the mount namespace of its `ip netns exec`, and nothing it pins can
+            // outlive the topology.
             let xf = |args: &[&str]| {
-                let mut c = t.gw_cmd("xdp-filter");
-                c.args(args).env("LIBXDP_BPFFS", &bpffs);
+                let mut c = t.gw_cmd("sh");
+                c.args([
+                    "-c",
+                    r#"mount --bind "$0" /sys/fs/bpf && exec xdp-filter "$@""#,
+                ])
+                .arg(&bpffs)
+                .args(args)
+                .env("LIBXDP_BPFFS", &bpffs);
                 t.gw_run(&mut c)
             };
             xf(&[
@@ -610,8 +606,7 @@ fn setup(f: Filter, p: &Policy, cpus: usize) -> anyhow::Result<Topo> {
             ])?;
             // The entries `xdp-filter ip --mode dst ADDR` writes (key: the address in
             // network order; value: MAP_FLAG_DST on every CPU), written through the
-            // pinned maps opened once: 2048 `xdp-filter ip` runs took seconds, and on
-            // this machine the pins sometimes vanished from the private bpffs halfway.
+            // pinned maps opened once: 2048 `xdp-filter ip` runs took seconds.
             let (v4, v6) = xdp_filter_maps(&bpffs)?;
             const MAP_FLAG_DST: u64 = 1 << 1;
             let value: Vec<u8> = (0..possible_cpus()?)
