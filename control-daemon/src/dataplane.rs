@@ -408,21 +408,24 @@ fn load_tc(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
     prog.load().map_err(verifier(name))
 }
 
-/// The maps whose number of entries `Dataplane::load` sets from its options.
-const SIZED_AT_LOAD: [&str; 6] = [
-    names::MAP_POLICY_V4,
-    names::MAP_POLICY_V6,
-    names::MAP_PORT_SETS,
-    names::MAP_CONNTRACK_V4,
-    names::MAP_CONNTRACK_V6,
-    names::MAP_TOP_DENIED,
-];
+/// The maps whose number of entries `Dataplane::load` sets from its options, and
+/// that number (a pinned one keeps its own).
+fn sized_at_load(opts: &LoadOptions) -> [(&'static str, u32); 6] {
+    [
+        (names::MAP_POLICY_V4, opts.max_prefixes),
+        (names::MAP_POLICY_V6, opts.max_prefixes),
+        (names::MAP_PORT_SETS, 2 * opts.sets_per_slot),
+        (names::MAP_CONNTRACK_V4, opts.ct_max_entries),
+        (names::MAP_CONNTRACK_V6, opts.ct_max_entries),
+        (names::MAP_TOP_DENIED, opts.top_denied_entries.max(1)),
+    ]
+}
 
 /// Refuse pinned maps whose key or value size (or, for maps of a fixed size, number
 /// of entries) differs from the embedded object's
 /// (an upgrade across a layout change): aya would adopt them as they are, and the
 /// programs would then fail verification or misread them.
-fn check_pins(pins: &[(&'static str, PathBuf)]) -> Result<()> {
+fn check_pins(pins: &[(&'static str, PathBuf)], sized: &[(&str, u32)]) -> Result<()> {
     if !pins.iter().any(|(_, path)| path.exists()) {
         return Ok(());
     }
@@ -441,7 +444,7 @@ fn check_pins(pins: &[(&'static str, PathBuf)]) -> Result<()> {
         // A map sized at load time keeps its pinned size (`Dataplane::load` says so);
         // any other map's number of entries is part of the layout (a counter array
         // that grew would drop the new indices' counts).
-        let fixed = !SIZED_AT_LOAD.contains(name);
+        let fixed = !sized.iter().any(|(n, _)| n == name);
         let sizes = |k: u32, v: u32, n: u32| {
             if fixed {
                 format!("{k}-byte keys, {v}-byte values and {n} entries")
@@ -520,7 +523,8 @@ impl Dataplane {
             }
             None => Vec::new(),
         };
-        check_pins(&pins)?;
+        let sized = sized_at_load(opts);
+        check_pins(&pins, &sized)?;
         let pinned = |name: &str| pins.iter().any(|(n, p)| *n == name && p.exists());
         let ct_unstamped = (pinned(names::MAP_CONNTRACK_V4) || pinned(names::MAP_CONNTRACK_V6))
             && !pinned(names::MAP_CT_FILTER);
@@ -530,15 +534,10 @@ impl Dataplane {
             loader
                 .verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
         }
-        // Keep in step with SIZED_AT_LOAD.
-        loader
-            .map_max_entries(names::MAP_POLICY_V4, opts.max_prefixes)
-            .map_max_entries(names::MAP_POLICY_V6, opts.max_prefixes)
-            .map_max_entries(names::MAP_PORT_SETS, 2 * opts.sets_per_slot)
-            .map_max_entries(names::MAP_CONNTRACK_V4, opts.ct_max_entries)
-            .map_max_entries(names::MAP_CONNTRACK_V6, opts.ct_max_entries)
-            .map_max_entries(names::MAP_TOP_DENIED, opts.top_denied_entries.max(1))
-            .override_global(aya_log::LEVEL, &opts.log_level, false);
+        for (name, entries) in sized {
+            loader.map_max_entries(name, entries);
+        }
+        loader.override_global(aya_log::LEVEL, &opts.log_level, false);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }

@@ -28,6 +28,7 @@ const XDP_DROP: u32 = 1;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 
+#[derive(Clone)]
 struct Opts {
     repeat: u32,
     runs: usize,
@@ -428,7 +429,9 @@ fn report(
     let _ = writeln!(s, "Machine: {}  ", machine());
     let _ = writeln!(
         s,
-        "Method: BPF_PROG_TEST_RUN, repeat {} per run, {} runs; the floor is a program of \
+        "Method: BPF_PROG_TEST_RUN, repeat {} per run, {} runs, each run in its own pass \
+         over all the cases (so a row's runs are spread over the section, minutes apart, \
+         not taken within a second); the floor is a program of \
          the same type that only passes (XDP_PASS / TC_ACT_OK), run on the same packet \
          right before each tagwall run. ns columns: medians of the runs; ratio: median of \
          the per-run ratios tagwall / floor (pairs measured back to back, so the machine's \
@@ -715,13 +718,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let (mut rows, mut control, mut verifier) = (Vec::new(), Vec::new(), Vec::new());
-    for c in &cases {
-        if let Err(e) = bench_case(c, &o, &mut rows, &mut control, &mut verifier) {
-            eprintln!("bench: {}: {e:#}", c.name);
-            return ExitCode::FAILURE;
+    // Each run of a row is taken in its own pass over all the cases, so that a row's
+    // runs are spread over the whole section instead of over half a second: this VM
+    // has slow phases that last minutes, and a row measured inside one stood out
+    // from its neighbours (docs/profiling.md, "Noise").
+    let one_run = Opts {
+        runs: 1,
+        ..o.clone()
+    };
+    let (mut passes, mut controls, mut verifier) = (Vec::new(), Vec::new(), Vec::new());
+    for pass in 1..=o.runs {
+        eprintln!("bench: pass {pass} of {}", o.runs);
+        let (mut rows, mut control) = (Vec::new(), Vec::new());
+        for c in &cases {
+            if let Err(e) = bench_case(c, &one_run, &mut rows, &mut control, &mut verifier) {
+                eprintln!("bench: {}: {e:#}", c.name);
+                return ExitCode::FAILURE;
+            }
         }
+        passes.push(rows);
+        controls.push(control);
     }
+    let (rows, control) = (merge_rows(passes), merge_control(controls));
     let mut md = report(&rows, &control, &verifier, &o, &cmd);
     if o.section == "all" {
         match throughput(&o, &cmd) {
@@ -731,6 +749,64 @@ fn main() -> ExitCode {
         md = format!("{md}\n{}", dns_section(&cmd));
     }
     emit(&o, &md)
+}
+
+/// One row per measurement from passes that each measured every row once, in the
+/// same order: the medians over the passes.
+fn merge_rows(passes: Vec<Vec<Row>>) -> Vec<Row> {
+    let mut passes = passes.into_iter();
+    let Some(first) = passes.next() else {
+        return Vec::new();
+    };
+    let rest: Vec<Vec<Row>> = passes.collect();
+    first
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let runs: Vec<&Row> = std::iter::once(&r)
+                .chain(rest.iter().map(|p| &p[i]))
+                .collect();
+            assert!(
+                runs.iter()
+                    .all(|x| x.case == r.case && x.mode == r.mode && x.packet == r.packet),
+                "passes measured rows in different orders"
+            );
+            let med = |f: fn(&Row) -> f64| median(runs.iter().map(|x| f(x)).collect());
+            Row {
+                ns: med(|x| x.ns),
+                floor_ns: med(|x| x.floor_ns),
+                ratio: med(|x| x.ratio),
+                ..r
+            }
+        })
+        .collect()
+}
+
+/// The control-plane figures of several passes: the median time of each.
+fn merge_control(passes: Vec<Vec<Control>>) -> Vec<Control> {
+    let mut passes = passes.into_iter();
+    let Some(first) = passes.next() else {
+        return Vec::new();
+    };
+    let rest: Vec<Vec<Control>> = passes.collect();
+    first
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let all: Vec<&Control> = std::iter::once(&c)
+                .chain(rest.iter().map(|p| &p[i]))
+                .collect();
+            let med = |f: fn(&Control) -> Duration| {
+                Duration::from_secs_f64(median(all.iter().map(|x| f(x).as_secs_f64()).collect()))
+            };
+            Control {
+                compile: med(|x| x.compile),
+                load: med(|x| x.load),
+                reswitch: med(|x| x.reswitch),
+                ..c
+            }
+        })
+        .collect()
 }
 
 /// The DNS proxy section (`tagwall_tests::dnsbench`): added latency per query against
