@@ -751,62 +751,57 @@ fn main() -> ExitCode {
     emit(&o, &md)
 }
 
-/// One row per measurement from passes that each measured every row once, in the
-/// same order: the medians over the passes.
-fn merge_rows(passes: Vec<Vec<Row>>) -> Vec<Row> {
-    let mut passes = passes.into_iter();
-    let Some(first) = passes.next() else {
+/// Items of passes that each produced the same items in the same order, merged:
+/// `combine(first pass's item, every pass's item)`.
+fn merge<T>(passes: Vec<Vec<T>>, combine: impl Fn(&T, &[&T]) -> T) -> Vec<T> {
+    let Some(first) = passes.first() else {
         return Vec::new();
     };
-    let rest: Vec<Vec<Row>> = passes.collect();
-    first
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let runs: Vec<&Row> = std::iter::once(&r)
-                .chain(rest.iter().map(|p| &p[i]))
-                .collect();
-            assert!(
-                runs.iter()
-                    .all(|x| x.case == r.case && x.mode == r.mode && x.packet == r.packet),
-                "passes measured rows in different orders"
-            );
-            let med = |f: fn(&Row) -> f64| median(runs.iter().map(|x| f(x)).collect());
-            Row {
-                ns: med(|x| x.ns),
-                floor_ns: med(|x| x.floor_ns),
-                ratio: med(|x| x.ratio),
-                ..r
-            }
+    (0..first.len())
+        .map(|i| {
+            let all: Vec<&T> = passes.iter().map(|p| &p[i]).collect();
+            combine(all[0], &all)
         })
         .collect()
 }
 
-/// The control-plane figures of several passes: the median time of each.
+/// The rows of the passes: the medians over the passes.
+fn merge_rows(passes: Vec<Vec<Row>>) -> Vec<Row> {
+    merge(passes, |r, all| {
+        assert!(
+            all.iter()
+                .all(|x| x.case == r.case && x.mode == r.mode && x.packet == r.packet),
+            "passes measured rows in different orders"
+        );
+        let med = |f: fn(&Row) -> f64| median(all.iter().map(|x| f(x)).collect());
+        Row {
+            case: r.case.clone(),
+            mode: r.mode,
+            packet: r.packet.clone(),
+            ns: med(|x| x.ns),
+            floor_ns: med(|x| x.floor_ns),
+            ratio: med(|x| x.ratio),
+        }
+    })
+}
+
+/// The control-plane figures of the passes: the median time of each.
 fn merge_control(passes: Vec<Vec<Control>>) -> Vec<Control> {
-    let mut passes = passes.into_iter();
-    let Some(first) = passes.next() else {
-        return Vec::new();
-    };
-    let rest: Vec<Vec<Control>> = passes.collect();
-    first
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let all: Vec<&Control> = std::iter::once(&c)
-                .chain(rest.iter().map(|p| &p[i]))
-                .collect();
-            let med = |f: fn(&Control) -> Duration| {
-                Duration::from_secs_f64(median(all.iter().map(|x| f(x).as_secs_f64()).collect()))
-            };
-            Control {
-                compile: med(|x| x.compile),
-                load: med(|x| x.load),
-                reswitch: med(|x| x.reswitch),
-                ..c
-            }
-        })
-        .collect()
+    merge(passes, |c, all| {
+        let med = |f: fn(&Control) -> Duration| {
+            Duration::from_secs_f64(median(all.iter().map(|x| f(x).as_secs_f64()).collect()))
+        };
+        Control {
+            case: c.case.clone(),
+            rules: c.rules,
+            prefixes_in: c.prefixes_in,
+            entries: c.entries,
+            compile: med(|x| x.compile),
+            load: med(|x| x.load),
+            reswitch: med(|x| x.reswitch),
+            lookup_nodes: c.lookup_nodes,
+        }
+    })
 }
 
 /// The DNS proxy section (`tagwall_tests::dnsbench`): added latency per query against
