@@ -87,6 +87,8 @@ where
 
 /// Mode of the rows that measure stage 1 (parsing) alone.
 const STAGE1: &str = "XDP stage 1 only";
+/// Unreported runs before a case's first row.
+const WARM_UP_RUNS: usize = 5;
 /// Mode of the rows that measure tracking with the flow cache off (the table path).
 const NO_CACHE: &str = "XDP conntrack, no flow cache";
 /// Mode of the rows that measure denied packets with the default drop reporting.
@@ -291,6 +293,20 @@ fn bench_case(
             ratio,
         });
     };
+    // Runs not reported, after every change of the datapath's state below: the first
+    // row after a load, an apply or a relink measured up to half again as slow as the
+    // same row later (docs/profiling.md, "Noise").
+    let warm_up = |dp: &mut Dataplane, expect_xdp: Option<u32>| -> anyhow::Result<()> {
+        let warm = Opts {
+            runs: WARM_UP_RUNS,
+            ..o.clone()
+        };
+        if let Some((_, frame, expect)) = case.frames.first() {
+            measure_pair(dp, Hook::Xdp, frame, expect_xdp.unwrap_or(*expect), &warm)?;
+        }
+        Ok(())
+    };
+    warm_up(&mut dp, None)?;
     for (label, frame, expect) in &case.frames {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
         row("XDP stateless", label, m);
@@ -298,6 +314,7 @@ fn bench_case(
     // Stage 1 alone (the tail call finds no stage 2, the packet drops as `internal`):
     // what parsing costs, so the rest of a stateless row is the policy decision.
     dp.link_second_stage(false)?;
+    warm_up(&mut dp, Some(XDP_DROP))?;
     for (label, frame, _) in &case.frames {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, XDP_DROP, o)?;
         row(STAGE1, label, m);
@@ -310,6 +327,7 @@ fn bench_case(
         ..Settings::stateless(false)
     };
     dp.apply(&policy, &tracked)?;
+    warm_up(&mut dp, None)?;
     for (label, frame, expect) in &case.frames {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
         row("XDP conntrack", label, m);
@@ -329,6 +347,7 @@ fn bench_case(
         ..Settings::stateless(false)
     };
     dp.apply(&policy, &uncached)?;
+    warm_up(&mut dp, None)?;
     for (label, frame, expect) in &case.frames {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
         row(NO_CACHE, label, m);
@@ -338,6 +357,7 @@ fn bench_case(
     // before the filter.
     dp.apply(&policy, &tracked)?;
     tagwall_tests::harness::stamp_ct_filter(&dp, u64::MAX)?;
+    warm_up(&mut dp, None)?;
     for (label, frame, expect) in case.frames.iter().filter(|f| f.2 == XDP_DROP) {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
         row(FILTER_TAKEN, label, m);
@@ -349,6 +369,7 @@ fn bench_case(
     dp.apply(&policy, &tracked)?;
     let reports = tagwall::reports::config::ReportsConfig::default();
     dp.set_report_config(reports.datapath(tagwall::reports::config::online_cpus()))?;
+    warm_up(&mut dp, None)?;
     for (label, frame, expect) in case.frames.iter().filter(|f| f.2 == XDP_DROP) {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
         row(REPORTS_ON, label, m);
