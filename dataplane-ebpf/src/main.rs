@@ -30,11 +30,11 @@ mod prog {
     use core::intrinsics::AtomicOrdering;
     use tagwall_common::{
         counters::{
-            ACTION_AUDIT_PASS, ACTION_DROP, CT_CACHED, CT_CLOSED, CT_EXPIRED, CT_HIT,
-            CT_INSERT_FAILED, CT_NEW, CT_REVALIDATED, CT_REVOKED, CT_STATS_LEN, Counter,
-            DIR_EGRESS, DIR_INGRESS, FWD_FRAG_NEEDED, FWD_NO_NEIGH, FWD_NOT_FORWARDED,
-            FWD_OTHER_PORT, FWD_REDIRECTED, FWD_STATS_LEN, FWD_TTL, FWD_UNSUPPORTED,
-            KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, REASON_STATS_LEN, reason_index,
+            CT_CACHED, CT_CLOSED, CT_EXPIRED, CT_HIT, CT_INSERT_FAILED, CT_NEW, CT_REVALIDATED,
+            CT_REVOKED, CT_STATS_LEN, Counter, DIR_EGRESS, DIR_INGRESS, FWD_FRAG_NEEDED,
+            FWD_NO_NEIGH, FWD_NOT_FORWARDED, FWD_OTHER_PORT, FWD_REDIRECTED, FWD_STATS_LEN,
+            FWD_TTL, FWD_UNSUPPORTED, KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, REASON_STATS_LEN,
+            action_of, reason_index,
         },
         ct::{
             CT_FILTER_BITS, CT_FILTER_SLOTS, CT_FIN_A, CT_FIN_B, CT_REPLIED, CT_TCP_CLOSED,
@@ -1297,11 +1297,8 @@ mod prog {
         // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
         let now = coarse_now(unsafe { &mut *f });
         let f = unsafe { &*f };
-        let action = if passed {
-            ACTION_AUDIT_PASS
-        } else {
-            ACTION_DROP
-        } as u8;
+        // A drop reason: dropped, or passed in audit mode.
+        let action = action_of(reason, passed) as u8;
         let dport = if f.h.has_dport != 0 { f.h.dport } else { 0 };
         if rc.flags & REPORT_F_TOP != 0 {
             let (remote, local) = if dir == DIR_INGRESS {
