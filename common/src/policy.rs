@@ -204,4 +204,5 @@ impl Config {
 /// map keeps its key and value sizes but changes its encoding (an upgrade across such
 /// a change must not adopt the old pins; sizes are checked separately).
 /// 1: the multibit trie's child entries are byte offsets with the child flag in bit 0.
-pub const MAP_LAYOUT: u32 = 1;
+/// 2: `LOOKUP` holds IPv6 shortcut records after its roots (`stride::FIRST_NODE`).
+pub const MAP_LAYOUT: u32 = 2;

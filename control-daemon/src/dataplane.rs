@@ -558,7 +558,7 @@ impl Dataplane {
         link_stage2(&mut ebpf, true)?;
         let (mapping, entries) = map_lookup(&ebpf)?;
         let use_nodes = opts.lookup_nodes.clamp(
-            tagwall_common::stride::ROOTS + 2,
+            tagwall_common::stride::FIRST_NODE + 2,
             tagwall_common::stride::LOOKUP_NODES,
         ) as usize;
         let entries = &entries[..entries
@@ -1015,6 +1015,13 @@ impl Dataplane {
             }
         }
         let Some(e) = full else {
+            let shortcuts = self.table.index_shortcuts(slot);
+            tracing::debug!(
+                slot,
+                written = shortcuts.written,
+                collided = shortcuts.collided,
+                "IPv6 shortcut records"
+            );
             return Ok(self.table.used(slot));
         };
         tracing::warn!(

@@ -13,7 +13,9 @@ use std::{
 
 use ipnet::IpNet;
 use tagwall_common::stride::{
-    CHILD, FANOUT, MAX_VALUE, ROOTS, child, child_node, result, result_value, root, slot_nodes,
+    CHILD, FANOUT, FIRST_NODE, MAX_VALUE, ROOTS, SHORTCUT_BYTES, SHORTCUT_NODES, SHORTCUT_RECORD,
+    SHORTCUTS_BELOW, child, child_node, result, result_value, root, shortcut_key, shortcut_offset,
+    shortcut_tag, slot_nodes,
 };
 
 /// The table has no free node left for the slot.
@@ -21,6 +23,21 @@ use tagwall_common::stride::{
 #[error("the lookup table's {nodes} nodes per slot are all in use")]
 pub struct Full {
     pub nodes: u32,
+}
+
+/// An IPv6 address's words as the datapath reads them.
+fn words(b: &[u8; 16]) -> [u32; 4] {
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+    })
+}
+
+/// What [`Table::index_shortcuts`] wrote: records, and /64s left without one because
+/// another /64 of the slot had taken their record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shortcuts {
+    pub written: u32,
+    pub collided: u32,
 }
 
 /// Node allocation of one slot: `next` is the first free node; `None` when unknown
@@ -41,14 +58,15 @@ impl<'a> Table<'a> {
     /// A table over `entries` (`nodes * FANOUT` of them).
     ///
     /// # Panics
-    /// If `entries` is not a whole number of nodes, or has fewer than `ROOTS + 2`.
+    /// If `entries` is not a whole number of nodes, or has fewer than `FIRST_NODE + 2`
+    /// (the roots, both slots' shortcut records and one node per slot).
     #[must_use]
     pub fn new(entries: &'a [AtomicU32]) -> Self {
         assert_eq!(entries.len() % FANOUT, 0, "whole nodes");
         let nodes = u32::try_from(entries.len() / FANOUT).expect("node count fits u32");
         assert!(
-            nodes >= ROOTS + 2,
-            "room for the roots and one node per slot"
+            nodes >= FIRST_NODE + 2,
+            "room for the roots, the shortcuts and one node per slot"
         );
         Self {
             entries,
@@ -75,8 +93,8 @@ impl<'a> Table<'a> {
         &entries[node as usize * FANOUT + i]
     }
 
-    /// Forget everything in `slot`: its roots become empty, all its nodes free. Only
-    /// for a slot no packet reads (the inactive one).
+    /// Forget everything in `slot`: its roots and shortcut records become empty, all
+    /// its nodes free. Only for a slot no packet reads (the inactive one).
     pub fn clear(&mut self, slot: u8) {
         for dir in 0..4 {
             for v6 in 0..2 {
@@ -86,7 +104,61 @@ impl<'a> Table<'a> {
                 }
             }
         }
+        let first = ROOTS + u32::from(slot & 1) * SHORTCUT_NODES;
+        for n in first..first + SHORTCUT_NODES {
+            for i in 0..FANOUT {
+                self.entry(n, i).store(0, Ordering::Release);
+            }
+        }
         self.slots[usize::from(slot & 1)].next = Some(slot_nodes(slot, self.nodes).0);
+    }
+
+    /// Write the IPv6 shortcut records of `slot` (`tagwall_common::stride`, "IPv6
+    /// shortcuts"): one for each /112 whose walk reads a child entry at its 14th byte,
+    /// unless another /112 took its record first. Only for a slot no packet reads,
+    /// after its prefixes went in; host entries added later to the active slot get no
+    /// records (their /112s walk from the root).
+    pub fn index_shortcuts(&mut self, slot: u8) -> Shortcuts {
+        let mut n = Shortcuts::default();
+        for dir in 0..4 {
+            let mut stack = vec![(root(slot, dir, 1), 0usize, [0u8; 16])];
+            while let Some((node, depth, mut bytes)) = stack.pop() {
+                for b in 0..=u8::MAX {
+                    let e = self.entry(node, usize::from(b)).load(Ordering::Acquire);
+                    if e & CHILD == 0 {
+                        continue;
+                    }
+                    bytes[depth] = b;
+                    if depth + 1 < SHORTCUT_BYTES {
+                        stack.push((child_node(e), depth + 1, bytes));
+                        continue;
+                    }
+                    let key = shortcut_key(&words(&bytes));
+                    let rec = self.record(slot, dir, &key);
+                    if rec[4].load(Ordering::Acquire) != 0 {
+                        n.collided += 1;
+                        continue;
+                    }
+                    for (r, v) in rec
+                        .iter()
+                        .zip(key.into_iter().chain([shortcut_tag(dir), e]))
+                    {
+                        r.store(v, Ordering::Release);
+                    }
+                    self.entry(root(slot, dir, 1), usize::from(bytes[0]))
+                        .fetch_or(SHORTCUTS_BELOW, Ordering::Release);
+                    n.written += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// The entries of the shortcut record for `key` in `slot`/`dir`.
+    fn record(&self, slot: u8, dir: u8, key: &[u32; 4]) -> &'a [AtomicU32] {
+        let entries: &'a [AtomicU32] = self.entries;
+        let i = shortcut_offset(slot, dir, key) / 4;
+        &entries[i..i + SHORTCUT_RECORD]
     }
 
     fn alloc(&mut self, slot: u8) -> Result<Option<u32>, Full> {
@@ -165,7 +237,26 @@ impl<'a> Table<'a> {
             IpAddr::V6(a) => (a.octets().to_vec(), 1),
         };
         let mut node = root(slot, dir, v6);
-        for b in bytes {
+        let mut from = 0;
+        let below = self
+            .entry(node, usize::from(bytes[0]))
+            .load(Ordering::Acquire)
+            & (CHILD | SHORTCUTS_BELOW)
+            == CHILD | SHORTCUTS_BELOW;
+        if let (true, Ok(bytes)) = (below, <[u8; 16]>::try_from(bytes.as_slice())) {
+            // As the datapath: the /112's shortcut record, when it has one.
+            let key = shortcut_key(&words(&bytes));
+            let r: Vec<u32> = self
+                .record(slot, dir, &key)
+                .iter()
+                .map(|e| e.load(Ordering::Acquire))
+                .collect();
+            if r[..5] == [key[0], key[1], key[2], key[3], shortcut_tag(dir)] {
+                node = child_node(r[5]);
+                from = SHORTCUT_BYTES;
+            }
+        }
+        for &b in &bytes[from..] {
             let e = self.entry(node, usize::from(b)).load(Ordering::Acquire);
             if e & CHILD == 0 {
                 return result_value(e);
@@ -200,7 +291,7 @@ mod tests {
 
     #[test]
     fn nested_prefixes_resolve_to_the_longest() {
-        let mem = table(64);
+        let mem = table(FIRST_NODE as usize + 48);
         let mut t = Table::new(&mem);
         t.clear(0);
         let nets = sorted(vec![
@@ -217,6 +308,14 @@ mod tests {
         for (n, v) in &nets {
             t.insert(0, 0, *n, *v).unwrap();
         }
+        assert_eq!(
+            t.index_shortcuts(0),
+            Shortcuts {
+                written: 1,
+                collided: 0
+            },
+            "one /112 with a longer prefix below it"
+        );
         for a in [
             "9.9.9.9",
             "10.9.9.9",
@@ -240,8 +339,9 @@ mod tests {
     }
 
     /// Random prefixes of every length, random addresses (half of them inside an
-    /// inserted prefix): the table agrees with a linear longest-prefix search, and
-    /// host routes added afterwards (as DNS learning does) too.
+    /// inserted prefix): the table, shortcuts written, agrees with a linear
+    /// longest-prefix search, and host routes added afterwards (as DNS learning does,
+    /// half of them under /64s that have a shortcut) too.
     #[test]
     fn random_prefixes_match_a_linear_search() {
         let mut rng = StdRng::seed_from_u64(7);
@@ -267,12 +367,24 @@ mod tests {
         for (n, v) in &nets {
             t.insert(1, 2, *n, *v).unwrap();
         }
+        let n = t.index_shortcuts(1);
+        assert!(n.written > 5, "{n:?}");
+        let long: Vec<u128> = nets
+            .iter()
+            .filter_map(|(n, _)| match n {
+                IpNet::V6(n6) if n6.prefix_len() > 112 => Some(u128::from(n6.network())),
+                _ => None,
+            })
+            .collect();
         let mut all = nets.clone();
         for i in 0..50u32 {
             let h: IpAddr = if i % 2 == 0 {
                 std::net::Ipv4Addr::from(rng.random::<u32>() & 0x0fff_ffff).into()
-            } else {
+            } else if i % 4 == 1 {
                 std::net::Ipv6Addr::from(rng.random::<u128>() >> 12).into()
+            } else {
+                let under = long[rng.random_range(0..long.len())];
+                std::net::Ipv6Addr::from(under ^ u128::from(rng.random::<u16>())).into()
             };
             let n = IpNet::from(h);
             t.insert(1, 2, n, 1000 + i).unwrap();
@@ -305,10 +417,106 @@ mod tests {
         assert_eq!(t.used(0), None, "slot 0 never built");
     }
 
+    fn key(a: &str) -> ([u32; 4], std::net::Ipv6Addr) {
+        let a: std::net::Ipv6Addr = a.parse().unwrap();
+        (shortcut_key(&words(&a.octets())), a)
+    }
+
+    fn empty(rec: &[AtomicU32]) -> bool {
+        rec.iter().all(|e| e.load(Ordering::Relaxed) == 0)
+    }
+
+    /// The record of a /112 holds its address words, its tag and the entry the walk
+    /// reads at the 14th byte; clearing the slot empties it.
+    #[test]
+    fn a_shortcut_record_holds_the_fourteenth_entry() {
+        let mem = table(FIRST_NODE as usize + 64);
+        let mut t = Table::new(&mem);
+        t.clear(1);
+        t.insert(1, 3, "2603:1000::/32".parse().unwrap(), 1)
+            .unwrap();
+        t.insert(1, 3, "2603:1000:4::300/122".parse().unwrap(), 2)
+            .unwrap();
+        assert_eq!(
+            t.index_shortcuts(1),
+            Shortcuts {
+                written: 1,
+                collided: 0
+            }
+        );
+        let (k, a) = key("2603:1000:4::");
+        let mut node = root(1, 3, 1);
+        for b in &a.octets()[..SHORTCUT_BYTES - 1] {
+            node = child_node(t.entry(node, usize::from(*b)).load(Ordering::Relaxed));
+        }
+        let fourteenth = t.entry(node, 0).load(Ordering::Relaxed);
+        assert_ne!(fourteenth & CHILD, 0);
+        let rec: Vec<u32> = t
+            .record(1, 3, &k)
+            .iter()
+            .map(|e| e.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(
+            rec,
+            [k[0], k[1], k[2], k[3], shortcut_tag(3), fourteenth, 0, 0]
+        );
+        // The root's entry for 2600::/8 says a record is below it; 2a00::/8 has none.
+        let root6 = |t: &Table, b: usize| t.entry(root(1, 3, 1), b).load(Ordering::Relaxed);
+        assert_eq!(root6(&t, 0x26) & SHORTCUTS_BELOW, SHORTCUTS_BELOW);
+        t.insert(1, 3, "2a01:111::/32".parse().unwrap(), 3).unwrap();
+        assert_eq!(root6(&t, 0x2a) & (CHILD | SHORTCUTS_BELOW), CHILD);
+        // Another direction, the other slot: their records are elsewhere and empty.
+        assert!(empty(t.record(1, 2, &k)));
+        assert!(empty(t.record(0, 3, &k)));
+        for (addr, want) in [
+            ("2603:1000:4::301", Some(2)),
+            ("2603:1000:4::3ff", Some(1)),
+            ("2603:1000:4::1:300", Some(1)),
+        ] {
+            assert_eq!(t.lookup(1, 3, addr.parse().unwrap()), want, "{addr}");
+        }
+        t.clear(1);
+        assert!(empty(t.record(1, 3, &k)));
+        assert_eq!(t.lookup(1, 3, "2603:1000:4::301".parse().unwrap()), None);
+    }
+
+    /// Two /112s with the same record: the first keeps it, the second walks from the
+    /// root, and both resolve correctly.
+    #[test]
+    fn a_taken_record_leaves_the_walk() {
+        let mem = table(FIRST_NODE as usize + 64);
+        let mut t = Table::new(&mem);
+        t.clear(0);
+        let (k, _) = key("2001:db8::");
+        let want = shortcut_offset(0, 0, &k);
+        let other = (1u32..)
+            .map(|i| format!("2001:db8::{:x}:{:x}:0", i >> 16, i & 0xffff))
+            .find(|a| shortcut_offset(0, 0, &key(a).0) == want)
+            .unwrap();
+        let other = other.trim_end_matches('0').to_owned();
+        t.insert(0, 0, "2001:db8::1/128".parse().unwrap(), 1)
+            .unwrap();
+        t.insert(0, 0, format!("{other}1/128").parse().unwrap(), 2)
+            .unwrap();
+        assert_eq!(
+            t.index_shortcuts(0),
+            Shortcuts {
+                written: 1,
+                collided: 1
+            }
+        );
+        assert_eq!(t.lookup(0, 0, "2001:db8::1".parse().unwrap()), Some(1));
+        assert_eq!(
+            t.lookup(0, 0, format!("{other}1").parse().unwrap()),
+            Some(2)
+        );
+        assert_eq!(t.lookup(0, 0, format!("{other}2").parse().unwrap()), None);
+    }
+
     #[test]
     fn a_full_slot_says_so_and_clearing_frees_it() {
-        // 16 roots + 2 nodes per slot.
-        let mem = table(20);
+        // The roots, the shortcut records and 2 nodes per slot.
+        let mem = table(FIRST_NODE as usize + 4);
         let mut t = Table::new(&mem);
         t.clear(0);
         t.insert(0, 0, "10.1.2.0/24".parse().unwrap(), 1).unwrap();

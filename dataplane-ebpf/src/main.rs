@@ -54,7 +54,10 @@ mod prog {
             EVENT_STATS_LEN, EVENTS_RING_BYTES, REPORT_F_EVENTS, REPORT_F_TOP, ReportConfig,
             TokenBucket, TopKey, TopValue,
         },
-        stride::{CHILD, Table, child, entry_offset, result_value, root},
+        stride::{
+            CHILD, SHORTCUT_RECORD, SHORTCUTS_BELOW, Table, child, entry_offset, result_value,
+            root, shortcut_key, shortcut_offset, shortcut_tag,
+        },
         verdict::{
             REASON_ALLOWED, REASON_ESTABLISHED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED,
             REASON_NO_MATCH, REASON_NON_IP, REASON_PORT, is_drop,
@@ -683,12 +686,63 @@ mod prog {
             }
             return 0;
         }
-        for w in addr {
-            for b in w.to_ne_bytes() {
+        let [w0, w1, w2, w3] = *addr;
+        let [b0, b1, b2, b3] = w0.to_ne_bytes();
+        let [b12, b13, b14, b15] = w3.to_ne_bytes();
+        match step(t, node, b0) {
+            Ok(n) => node = n,
+            Err(e) => return e,
+        }
+        // Under a /8 with shortcut records, the /112's record, if it has one, holds
+        // the entry the walk reads at byte 14 (`tagwall_common::stride`, "IPv6
+        // shortcuts"); the record's address does not depend on the walk.
+        let mut resume = false;
+        if node & SHORTCUTS_BELOW != 0 {
+            let key = shortcut_key(addr);
+            // SAFETY: `shortcut_offset` is a whole record inside the table, 32-aligned.
+            let r = unsafe {
+                t.as_ptr()
+                    .cast::<u8>()
+                    .add(shortcut_offset(slot, dir, &key))
+                    .cast::<[u32; SHORTCUT_RECORD]>()
+                    .read()
+            };
+            if (r[0] == w0)
+                & (r[1] == w1)
+                & (r[2] == w2)
+                & (r[3] == key[3])
+                & (r[4] == shortcut_tag(dir))
+            {
+                node = r[5];
+                resume = true;
+            }
+        }
+        if !resume {
+            for b in [b1, b2, b3] {
                 match step(t, node, b) {
                     Ok(n) => node = n,
                     Err(e) => return e,
                 }
+            }
+            for w in [w1, w2] {
+                for b in w.to_ne_bytes() {
+                    match step(t, node, b) {
+                        Ok(n) => node = n,
+                        Err(e) => return e,
+                    }
+                }
+            }
+            for b in [b12, b13] {
+                match step(t, node, b) {
+                    Ok(n) => node = n,
+                    Err(e) => return e,
+                }
+            }
+        }
+        for b in [b14, b15] {
+            match step(t, node, b) {
+                Ok(n) => node = n,
+                Err(e) => return e,
             }
         }
         0

@@ -216,7 +216,7 @@ fn datapath_equals_reference_on_random_policies_and_frames() {
 #[test]
 fn lpm_fallback_equals_reference_on_random_policies_and_frames() {
     let opts = LoadOptions {
-        lookup_nodes: tagwall_common::stride::ROOTS + 2,
+        lookup_nodes: tagwall_common::stride::FIRST_NODE + 2,
         ..LoadOptions::default()
     };
     differential(&opts, true);

@@ -802,13 +802,25 @@ fn local_host_added_later_is_looked_up() {
     assert_eq!(h.run(&tcp4(target, 23)).reason, REASON_PORT);
 }
 
+/// The XDP program's return value for `frame` on the enforcer's datapath.
+fn enforced(e: &tagwall::enforcer::Enforcer, frame: &[u8]) -> u32 {
+    use aya::programs::{TestRun, TestRunOptions};
+    e.dataplane_mut()
+        .xdp()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        })
+        .expect("test run")
+        .return_value
+}
+
 /// A DNS-learned host that does not fit the active slot's lookup table (here: one
 /// node per slot, which the compiled policy already uses) makes the enforcer apply
 /// the policy again with the host compiled in; the new slot falls back to the LPM
 /// tries, and the learned address is allowed all the same.
 #[test]
 fn learned_host_that_does_not_fit_falls_back_to_the_lpm_tries() {
-    use aya::programs::{TestRun, TestRunOptions};
     use tagwall::{
         dataplane::{Dataplane, LoadOptions, Settings},
         dns::sink::AddressSink,
@@ -816,7 +828,7 @@ fn learned_host_that_does_not_fit_falls_back_to_the_lpm_tries() {
     };
     tagwall_tests::netns::require_root();
     let opts = LoadOptions {
-        lookup_nodes: tagwall_common::stride::ROOTS + 2,
+        lookup_nodes: tagwall_common::stride::FIRST_NODE + 2,
         ..LoadOptions::default()
     };
     let dp = Dataplane::load(&opts).expect("load");
@@ -832,17 +844,7 @@ fn learned_host_that_does_not_fit_falls_back_to_the_lpm_tries() {
         "the /16 takes the slot's one node"
     );
     let host = Ipv4Addr::new(198, 51, 100, 9);
-    let verdict = |e: &Enforcer, dst: Ipv4Addr, port: u16| {
-        let frame = tcp4(dst, port);
-        let mut dp = e.dataplane_mut();
-        dp.xdp()
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                ..TestRunOptions::default()
-            })
-            .expect("test run")
-            .return_value
-    };
+    let verdict = |e: &Enforcer, dst: Ipv4Addr, port: u16| enforced(e, &tcp4(dst, port));
     assert_eq!(verdict(&enforcer, host, 443), XDP_DROP, "not learned yet");
     enforcer.allow(host.into(), &[2]).expect("learn");
     let after = enforcer.last();
@@ -855,4 +857,44 @@ fn learned_host_that_does_not_fit_falls_back_to_the_lpm_tries() {
     );
     assert_eq!(verdict(&enforcer, host, 80), XDP_DROP);
     assert_eq!(verdict(&enforcer, Ipv4Addr::new(10, 1, 2, 3), 80), XDP_PASS);
+}
+
+/// DNS-learned IPv6 hosts added to the active slot after its shortcut records were
+/// written (`tagwall_common::stride`, "IPv6 shortcuts"): one in a /112 whose record
+/// leads below the /122, one in another /112 of the same /8 (the walk from the
+/// root), one under a /8 without records. Each is found, and the record still leads
+/// to the /122.
+#[test]
+fn learned_v6_hosts_next_to_shortcut_records_are_found() {
+    use tagwall::{dataplane::Settings, dns::sink::AddressSink, enforcer::Enforcer};
+    tagwall_tests::netns::require_root();
+    let dp = tagwall::dataplane::Dataplane::load(&tagwall::dataplane::LoadOptions::default())
+        .expect("load");
+    let rules = vec![
+        rule(1, "aml", &["2603:1000:4::300/122"], Proto::TCP, &["443"]),
+        rule(2, "by-name", &[], Proto::TCP, &["8443"]),
+    ];
+    let (enforcer, _) = Enforcer::new(dp, rules, Settings::stateless(false)).expect("enforcer");
+    let verdict = |dst: &str, port: u16| enforced(&enforcer, &tcp6(v6(dst), port));
+    let hosts = ["2603:1000:4::5", "2603:1000:5::7", "2a01:111::9"];
+    for h in hosts {
+        assert_eq!(verdict(h, 8443), XDP_DROP, "{h} not learned yet");
+    }
+    for h in hosts {
+        enforcer.allow(v6(h).into(), &[2]).expect("learn");
+    }
+    assert_eq!(enforcer.last().lookup_nodes.map(|n| n > 0), Some(true));
+    for h in hosts {
+        assert_eq!(verdict(h, 8443), XDP_PASS, "{h} learned");
+        assert_eq!(verdict(h, 443), XDP_DROP, "{h} only for its rule");
+    }
+    for (dst, port, want) in [
+        ("2603:1000:4::6", 8443, XDP_DROP),
+        ("2603:1000:4::301", 443, XDP_PASS),
+        ("2603:1000:4::33f", 443, XDP_PASS),
+        ("2603:1000:4::340", 443, XDP_DROP),
+        ("2603:1000:5::8", 8443, XDP_DROP),
+    ] {
+        assert_eq!(verdict(dst, port), want, "{dst} port {port}");
+    }
 }
