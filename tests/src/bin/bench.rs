@@ -87,7 +87,7 @@ where
 
 /// Mode of the rows that measure stage 1 (parsing) alone.
 const STAGE1: &str = "XDP stage 1 only";
-/// Unreported runs before a case's first row.
+/// Unreported runs after each change of the datapath's state (load, apply, relink).
 const WARM_UP_RUNS: usize = 5;
 /// Mode of the rows that measure tracking with the flow cache off (the table path).
 const NO_CACHE: &str = "XDP conntrack, no flow cache";
