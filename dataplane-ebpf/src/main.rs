@@ -499,15 +499,16 @@ mod prog {
         /// The packet's headers, as stage 1 parsed them, and its hook.
         h: Headers,
         /// The flow's canonical key in the table of the packet's family (stage 2
-        /// fills it when tracking, see [`fill_ct_key`]); map helpers read it in place.
+        /// fills it when tracking needs it, see [`fill_ct_key`]); map helpers read it
+        /// in place.
         key4: CtKeyV4,
         /// As `key4`, for IPv6 packets.
         key6: CtKeyV6,
-        /// The packet's source is endpoint A of its key.
+        /// The packet's source is endpoint A of its key (with the key).
         src_is_a: u8,
-        /// The flow's slot in `FLOW_CACHE` (stage 2, with the key).
+        /// The flow's slot in `FLOW_CACHE` (stage 2, see [`flow_slots`]).
         cache_slot: u32,
-        /// The flow's slot in `CT_FILTER` (stage 2, with the key).
+        /// The flow's slot in `CT_FILTER` (stage 2, see [`flow_slots`]).
         filter_slot: u32,
         /// This CPU's clock cache, see [`coarse_now`]: `jiffies` when `clock_ns` was
         /// read (not written by stage 1, so it lives on between packets).
@@ -554,10 +555,9 @@ mod prog {
         let tracking = cfg.flags & CONFIG_F_CONNTRACK != 0;
         let mut now = 0;
         if tracking && f.h.has_flow != 0 {
-            fill_ct_key(f);
+            flow_slots(f);
             now = coarse_now(f);
         }
-        let f = &*f;
         if tracking {
             if let Some(v) = ct_continue(f, cfg, now) {
                 return v;
@@ -875,6 +875,20 @@ mod prog {
         None
     }
 
+    /// The flow's slots in `FLOW_CACHE` and `CT_FILTER`: Fibonacci hashing of the
+    /// words in which flows differ most (last address words, ports), mixed
+    /// symmetrically so that the order of the ends does not matter, and without the
+    /// canonical key, which a denied packet that the filter clears never needs.
+    /// Collisions only cost table lookups.
+    #[inline(always)]
+    fn flow_slots(f: &mut Facts) {
+        let (sport, dport) = (f.h.sport, f.h.dport);
+        let ports = u32::from(sport ^ dport) | u32::from(sport.wrapping_add(dport)) << 16;
+        let mix = (f.h.src[3] ^ f.h.dst[3] ^ ports).wrapping_mul(0x9E37_79B1);
+        f.cache_slot = mix >> (32 - FLOW_CACHE_BITS);
+        f.filter_slot = mix >> (32 - CT_FILTER_BITS);
+    }
+
     /// Write the canonical key of the packet's flow into `f.key4` or `f.key6`, and
     /// whether the packet's source is endpoint A (the smaller one). Field by field, in
     /// place: a struct literal made LLVM copy the key twice and call `memset`.
@@ -910,13 +924,6 @@ mod prog {
             k.port_b = pb;
         }
         f.src_is_a = u8::from(!swap);
-        // The flow cache slot: Fibonacci hashing of the words in which flows differ
-        // most (last address words, ports), mixed symmetrically so that the order of
-        // the ends does not matter. Collisions only cost table lookups.
-        let ports = u32::from(sport ^ dport) | u32::from(sport.wrapping_add(dport)) << 16;
-        let mix = (f.h.src[3] ^ f.h.dst[3] ^ ports).wrapping_mul(0x9E37_79B1);
-        f.cache_slot = mix >> (32 - FLOW_CACHE_BITS);
-        f.filter_slot = mix >> (32 - CT_FILTER_BITS);
     }
 
     /// The packet's entry in its family's flow table.
@@ -981,20 +988,36 @@ mod prog {
         }
     }
 
-    /// Whether a cache slot holds the packet's flow (`tag` as in `FlowCacheEntry`),
-    /// compared word by word without branches or a `memcmp` call.
+    /// How a cache slot whose tag matched compares with the packet's ends:
+    /// `(forward, reverse)`, the first 0 when the slot's key is the packet's flow with
+    /// the packet's source as endpoint A, the second 0 when with its source as B.
+    /// Compared word by word from the headers, without branches or a `memcmp` call,
+    /// so a packet the cache serves never builds the canonical key (the slot holds
+    /// the canonical key, which is one of the two orders). Volatile loads as in
+    /// [`cache_key`].
     #[inline(always)]
-    fn cache_holds(c: &FlowCacheEntry, tag: u32, f: &Facts) -> bool {
-        if c.tag != tag {
-            return false;
+    fn cache_diffs(c: &FlowCacheEntry, f: &Facts) -> (u32, u32) {
+        // SAFETY: reads of fields of a live reference.
+        let r = |p: &u32| unsafe { core::ptr::read_volatile(p) };
+        let r16 = |p: &u16| u32::from(unsafe { core::ptr::read_volatile(p) });
+        let k = &c.key;
+        let (sport, dport) = (r16(&f.h.sport), r16(&f.h.dport));
+        let (ports_fwd, ports_rev) = (sport | dport << 16, dport | sport << 16);
+        if f.h.v6 == 0 {
+            let (s, d) = (r(&f.h.src[3]), r(&f.h.dst[3]));
+            let fwd = (k[0] ^ s) | (k[1] ^ d) | (k[2] ^ ports_fwd);
+            let rev = (k[0] ^ d) | (k[1] ^ s) | (k[2] ^ ports_rev);
+            (fwd, rev)
+        } else {
+            let mut fwd = k[8] ^ ports_fwd;
+            let mut rev = k[8] ^ ports_rev;
+            for i in 0..4 {
+                let (s, d) = (r(&f.h.src[i]), r(&f.h.dst[i]));
+                fwd |= (k[i] ^ s) | (k[4 + i] ^ d);
+                rev |= (k[i] ^ d) | (k[4 + i] ^ s);
+            }
+            (fwd, rev)
         }
-        let (k, w) = (&c.key, cache_key(f));
-        let mut diff = (k[0] ^ w[0]) | (k[1] ^ w[1]) | (k[2] ^ w[2]);
-        if f.h.v6 != 0 {
-            diff |= (k[3] ^ w[3]) | (k[4] ^ w[4]) | (k[5] ^ w[5]) | (k[6] ^ w[6]);
-            diff |= (k[7] ^ w[7]) | (k[8] ^ w[8]);
-        }
-        diff == 0
     }
 
     /// The other direction (a flow's replies go the other way).
@@ -1067,11 +1090,10 @@ mod prog {
     /// This CPU's flow cache first: a fresh slot of the flow serves a packet that
     /// would not change the flow's state, without the table lookup.
     #[inline(always)]
-    fn ct_continue(f: &Facts, cfg: &Config, now: u64) -> Option<Verdict> {
+    fn ct_continue(f: &mut Facts, cfg: &Config, now: u64) -> Option<Verdict> {
         if f.h.has_flow == 0 {
             return None;
         }
-        let src_is_a = f.src_is_a != 0;
         let tag = FLOW_CACHE_VALID | u32::from(f.h.v6) << 8 | u32::from(f.h.proto);
         // The lookup never fails (the slot number is below the map's size); if it did,
         // the packet would drop as `internal`: a maybe-missing slot kept to the refill
@@ -1085,30 +1107,41 @@ mod prog {
         // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
         let c = unsafe { &mut *c };
         let mut cached_last = 0;
-        if cache_holds(c, tag, f) {
-            if now < c.until_ns
-                && c.generation == cfg.generation
-                && f.h.tcp_flags & (TCP_FIN | TCP_RST) == 0
-                && c.from & endpoint_bit(src_is_a) != 0
-            {
-                c.last_ns = now;
-                ct_bump(CT_HIT);
-                ct_bump(CT_CACHED);
-                return Some(Verdict {
-                    reason: REASON_ESTABLISHED,
-                    dir: if src_is_a { c.dir_a } else { c.dir_b },
-                    rule_id: c.rule_id,
-                });
+        let mut held = false;
+        if c.tag == tag {
+            let (fwd, rev) = cache_diffs(c, f);
+            if (fwd == 0) | (rev == 0) {
+                held = true;
+                let src_is_a = fwd == 0;
+                if now < c.until_ns
+                    && c.generation == cfg.generation
+                    && f.h.tcp_flags & (TCP_FIN | TCP_RST) == 0
+                    && c.from & endpoint_bit(src_is_a) != 0
+                {
+                    c.last_ns = now;
+                    ct_bump(CT_HIT);
+                    ct_bump(CT_CACHED);
+                    return Some(Verdict {
+                        reason: REASON_ESTABLISHED,
+                        dir: if src_is_a { c.dir_a } else { c.dir_b },
+                        rule_id: c.rule_id,
+                    });
+                }
+                // Stale or a state change: the table decides, and refills the slot if
+                // the flow lives on.
+                cached_last = c.last_ns;
+                c.tag = 0;
             }
-            // Stale or a state change: the table decides, and refills the slot if the
-            // flow lives on.
-            cached_last = c.last_ns;
-            c.tag = 0;
-        } else if now >= cfg.ct_filter_from_ns && filter_passed(f.filter_slot, now) {
-            // No live flow can be in the table (a slot this CPU's cache held may be
-            // live on the cache's time, which the stamp does not cover: looked up).
+        }
+        if !held && filter_clears(f, cfg, now) {
             return None;
         }
+        // The canonical key only now, for the table: neither a packet the cache
+        // serves nor a denied packet that the filter clears (the common drop) needs
+        // it.
+        fill_ct_key(f);
+        let f = &*f;
+        let src_is_a = f.src_is_a != 0;
         let e = ct_get(f)?;
         // SAFETY: a pointer into the map value; concurrent updates from other CPUs can
         // interleave field writes, which at worst mis-times one state change.
@@ -1207,12 +1240,14 @@ mod prog {
 
     /// Track a flow the policy just allowed (TCP, UDP, ICMP echo requests). A
     /// subprogram: once per flow, not per packet, and its map insert costs far more
-    /// than the call.
+    /// than the call. It fills the flow's key itself: a new flow's packet usually
+    /// left `ct_continue` before it was needed.
     #[inline(never)]
-    fn ct_open(f: &Facts, v: &Verdict, cfg: &Config, now: u64) {
+    fn ct_open(f: &mut Facts, v: &Verdict, cfg: &Config, now: u64) {
         if f.h.has_flow == 0 {
             return;
         }
+        fill_ct_key(f);
         let state = if f.h.proto == PROTO_TCP {
             let fl = f.h.tcp_flags;
             if fl & TCP_RST != 0 {
@@ -1254,6 +1289,15 @@ mod prog {
         } else {
             ct_bump(CT_INSERT_FAILED);
         }
+    }
+
+    /// Whether the presence filter says that no live flow of the packet's filter
+    /// slot can be in the tables, so the packet need not look them up (a slot this
+    /// CPU's cache held may be live on the cache's time, which the stamp does not
+    /// cover: such a packet is looked up).
+    #[inline(always)]
+    fn filter_clears(f: &Facts, cfg: &Config, now: u64) -> bool {
+        now >= cfg.ct_filter_from_ns && filter_passed(f.filter_slot, now)
     }
 
     /// Whether the `CT_FILTER` stamp of `slot` has passed at `now`: no live flow of
