@@ -67,7 +67,7 @@ pub mod names {
 #[cfg(feature = "user")]
 mod pod {
     use crate::{
-        counters::Counter,
+        counters::{Counter, RuleCounter},
         ct::{CtKeyV4, CtKeyV6, CtTimeouts, CtValue, FlowCacheEntry},
         policy::{Config, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortRule, PortSet},
         reports::{DenyEvent, ReportConfig, TokenBucket, TopKey, TopValue},
@@ -76,6 +76,7 @@ mod pod {
     // SAFETY: all of these are #[repr(C)] structs made only of integers and integer
     // arrays, with explicit padding fields, so every bit pattern is valid.
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for RuleCounter {}
     unsafe impl aya::Pod for PolicyKeyV4 {}
     unsafe impl aya::Pod for PolicyKeyV6 {}
     unsafe impl aya::Pod for PolicyValue {}

@@ -3,7 +3,7 @@
 
 use std::{
     borrow::Borrow,
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -22,8 +22,8 @@ use aya::{
 use ipnet::IpNet;
 use tagwall_common::{
     counters::{
-        ACTION_MAX, Counter, DIR_MAX, KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, action_of,
-        reason_index,
+        ACTION_MAX, ACTION_PASS, Counter, DIR_MAX, KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES,
+        RuleCounter, action_of, class_of, reason_index,
     },
     ct::{
         CtKey, CtKeyV4, CtKeyV6, CtTimeouts, CtValue, DEFAULT_CT_MAX_ENTRIES, FLOW_CACHE_ENTRIES,
@@ -1279,19 +1279,24 @@ impl Dataplane {
     /// # Errors
     /// Map errors.
     pub fn counters(&self) -> Result<Counters> {
-        self.counters_for(0..MAX_RULES)
+        self.read_counters(None)
     }
 
-    /// Current counters, reading only the given rules' counters (cheaper than all).
+    /// Current counters, reading only the given rules' counters (cheaper than all:
+    /// the `allowed` and `established` reasons then cover these rules' packets only).
     ///
     /// # Errors
     /// Map errors.
     pub fn counters_for(&self, rule_ids: impl IntoIterator<Item = u32>) -> Result<Counters> {
+        self.read_counters(Some(rule_ids.into_iter().collect()))
+    }
+
+    fn read_counters(&self, rule_ids: Option<Vec<u32>>) -> Result<Counters> {
         let arr = |name: &'static str| -> Result<PerCpuArray<&MapData, Counter>> {
             PerCpuArray::try_from(self.map_ref(name)?).map_err(map_err(name))
         };
         Counters::read(
-            &arr(names::MAP_RULE_STATS)?,
+            self.map_ref(names::MAP_RULE_STATS)?,
             &arr(names::MAP_REASON_STATS)?,
             &arr(names::MAP_CT_STATS)?,
             &arr(names::MAP_FWD_STATS)?,
@@ -1438,27 +1443,147 @@ fn sum_percpu<T: Borrow<MapData>>(
         .fold(Counter::default(), |acc, c| acc.add(*c)))
 }
 
+/// A rule's per-CPU counters, summed.
+fn sum_cpus(per_cpu: &[RuleCounter]) -> RuleCounter {
+    per_cpu
+        .iter()
+        .fold(RuleCounter::default(), |acc, c| acc.plus(c))
+}
+
+/// Every rule's counters in `RULE_STATS`, summed over the CPUs, read in chunks with
+/// `BPF_MAP_LOOKUP_BATCH`: a read covers all `MAX_RULES` ids (see
+/// [`Counters::read`]), 16,384 syscalls with a lookup per id and 16 in batches of
+/// 1,024.
+fn read_rule_stats(map: &MapData) -> std::io::Result<Vec<RuleCounter>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    /// `union bpf_attr`, the part `BPF_MAP_*_BATCH` reads (`include/uapi/linux/bpf.h`).
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const CHUNK: usize = 1024;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let fd = u32::try_from(map.fd().as_fd().as_raw_fd()).map_err(std::io::Error::other)?;
+    let mut out = vec![RuleCounter::default(); MAX_RULES as usize];
+    let mut keys = vec![0u32; CHUNK];
+    // A per-CPU map's batch holds each key's value once per possible CPU, each
+    // rounded up to 8 bytes (a `RuleCounter` is 64).
+    let mut values = vec![RuleCounter::default(); CHUNK * cpus];
+    let (mut token_in, mut token_out) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::from_ref(&token_in) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: the attribute points at buffers of `count` keys and `count * cpus`
+        // values of the map's value size, which outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (r < 0).then(std::io::Error::last_os_error);
+        let n = (attr.count as usize).min(CHUNK);
+        for (key, per_cpu) in keys[..n].iter().zip(values.chunks(cpus)) {
+            if let Some(slot) = out.get_mut(*key as usize) {
+                *slot = sum_cpus(per_cpu);
+            }
+        }
+        match err {
+            // The last batch: what it read is in `count`.
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Some(e) => return Err(e),
+            None if n == 0 => break,
+            None => {}
+        }
+        token_in = token_out;
+        first = false;
+    }
+    Ok(out)
+}
+
 impl Counters {
+    /// The packets a rule allowed are counted by their rule only
+    /// (`tagwall_common::counters`), so the `allowed` and `established` reasons are
+    /// the sums over the rules read: every rule (`rule_ids` `None`, one batch syscall
+    /// per 1,024 ids), so that a rule a reload removed keeps its share, or only the
+    /// listed ones (a syscall each).
     fn read<T: Borrow<MapData>>(
-        rules: &PerCpuArray<T, Counter>,
+        rules: &Map,
         reasons: &PerCpuArray<T, Counter>,
         ct: &PerCpuArray<T, Counter>,
         fwd: &PerCpuArray<T, Counter>,
         cfg: DpConfig,
-        rule_ids: impl IntoIterator<Item = u32>,
+        rule_ids: Option<Vec<u32>>,
     ) -> Result<Self> {
         let mut out = Self {
             generation: cfg.generation,
             audit: cfg.audit != 0,
             ..Self::default()
         };
-        for id in rule_ids {
-            let c = sum_percpu(rules, id).map_err(map_err(names::MAP_RULE_STATS))?;
-            if c.packets != 0 {
-                out.rules.insert(id, c);
+        let per_rule: Vec<(u32, RuleCounter)> = if let Some(ids) = rule_ids {
+            let arr: PerCpuArray<&MapData, RuleCounter> =
+                PerCpuArray::try_from(rules).map_err(map_err(names::MAP_RULE_STATS))?;
+            let ids: BTreeSet<u32> = ids.into_iter().collect();
+            let mut v = Vec::with_capacity(ids.len());
+            for id in ids {
+                let per_cpu = arr.get(&id, 0).map_err(map_err(names::MAP_RULE_STATS))?;
+                v.push((id, sum_cpus(&per_cpu)));
+            }
+            v
+        } else {
+            let Map::PerCpuArray(data) = rules else {
+                return Err(DataplaneError::MissingMap {
+                    name: names::MAP_RULE_STATS,
+                });
+            };
+            let all = read_rule_stats(data).map_err(|source| DataplaneError::Map {
+                name: names::MAP_RULE_STATS,
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: source,
+                }),
+            })?;
+            (0..).zip(all).collect()
+        };
+        for (id, c) in per_rule {
+            let total = c.total();
+            if total.packets == 0 {
+                continue;
+            }
+            out.rules.insert(id, total);
+            for (class, k) in c.classes.iter().enumerate() {
+                if k.packets != 0 {
+                    let r = out.reasons.entry(class_of(class)).or_default();
+                    *r = r.add(*k);
+                    let a = &mut out.actions[ACTION_PASS as usize];
+                    *a = a.add(*k);
+                }
             }
         }
-        // The datapath counts each packet once, by reason, direction and audit mode;
+        // Every other packet is counted once, by reason, direction and audit mode;
         // the action follows from the reason and the mode.
         for audit in [false, true] {
             for dir in 0..u8::try_from(DIR_MAX).expect("small") {
@@ -1486,19 +1611,11 @@ impl Counters {
         Ok(out)
     }
 
-    /// Read the counters of a running datapath from its pinned maps.
+    /// Read the counters of a running datapath from its pinned maps (every rule's).
     ///
     /// # Errors
     /// [`DataplaneError::NotPinned`] when nothing is pinned at `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> Result<Self> {
-        Self::from_pins_for(pin_dir, 0..MAX_RULES)
-    }
-
-    /// [`Counters::from_pins`], reading only the given rules' counters.
-    ///
-    /// # Errors
-    /// As [`Counters::from_pins`].
-    pub fn from_pins_for(pin_dir: &Path, rule_ids: impl IntoIterator<Item = u32>) -> Result<Self> {
         let open = |name: &'static str| -> Result<MapData> {
             MapData::from_pin(pin_dir.join(name)).map_err(|source| DataplaneError::NotPinned {
                 path: pin_dir.join(name).display().to_string(),
@@ -1512,12 +1629,12 @@ impl Counters {
             .map_err(map_err(names::MAP_CONFIG))?;
         let cfg = cfg.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?;
         Self::read(
-            &arr(names::MAP_RULE_STATS)?,
+            &Map::PerCpuArray(open(names::MAP_RULE_STATS)?),
             &arr(names::MAP_REASON_STATS)?,
             &arr(names::MAP_CT_STATS)?,
             &arr(names::MAP_FWD_STATS)?,
             cfg,
-            rule_ids,
+            None,
         )
     }
 

@@ -34,7 +34,7 @@ mod prog {
             CT_REVOKED, CT_STATS_LEN, Counter, DIR_EGRESS, DIR_INGRESS, FWD_FRAG_NEEDED,
             FWD_NO_NEIGH, FWD_NOT_FORWARDED, FWD_OTHER_PORT, FWD_REDIRECTED, FWD_STATS_LEN,
             FWD_TTL, FWD_UNSUPPORTED, KEY_DIR_INTERNAL, KEY_DIR_LOCAL, MAX_RULES, REASON_STATS_LEN,
-            action_of, reason_index,
+            RULE_CLASSES, RuleCounter, action_of, reason_index, rule_class,
         },
         ct::{
             CT_FILTER_BITS, CT_FILTER_SLOTS, CT_FIN_A, CT_FIN_B, CT_REPLIED, CT_TCP_CLOSED,
@@ -81,7 +81,7 @@ mod prog {
     #[map]
     static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
     #[map]
-    static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+    static RULE_STATS: PerCpuArray<RuleCounter> = PerCpuArray::with_max_entries(MAX_RULES, 0);
     #[map]
     static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STATS_LEN, 0);
     #[map]
@@ -212,7 +212,7 @@ mod prog {
             debug!(&ctx, "tagwall: dropping unparsable packet");
         }
         let len = (ctx.data_end() - ctx.data()) as u64;
-        xdp_act(finish(&verdict, len, config().audit != 0))
+        xdp_act(finish_stage1(&verdict, len, config().audit != 0))
     }
 
     /// Gateway mode, stage 2: policy and connection tracking on `FACTS`.
@@ -449,7 +449,7 @@ mod prog {
                 Verdict::new(REASON_INTERNAL, hook_dir(hook))
             }
         };
-        tc_act(finish(&verdict, u64::from(len), config().audit != 0))
+        tc_act(finish_stage1(&verdict, u64::from(len), config().audit != 0))
     }
 
     #[inline(always)]
@@ -1346,14 +1346,36 @@ mod prog {
         }
     }
 
-    /// The one exit: record the verdict, then say whether the packet passes.
+    /// The exit of stage 2: record the verdict in one counter, then say whether the
+    /// packet passes. A packet a rule allowed (or its flow's) is counted by its rule,
+    /// direction and reason, any other by its reason, direction and the audit mode;
+    /// userspace adds the first to the reasons, and the actions follow from the
+    /// reasons (`counters::action_of`).
     #[inline(always)]
     fn finish(v: &Verdict, len: u64, audit: bool) -> bool {
-        // One counter says both the reason and the action (`counters::action_of`).
-        bump(&REASON_STATS, reason_index(v.dir, v.reason, audit), len);
         if v.reason == REASON_ALLOWED || v.reason == REASON_ESTABLISHED {
-            bump(&RULE_STATS, v.rule_id, len);
+            if let Some(c) = RULE_STATS.get_ptr_mut(v.rule_id) {
+                let class = rule_class(v.dir, v.reason) & (RULE_CLASSES - 1);
+                // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+                unsafe {
+                    let c = &mut (*c).classes[class];
+                    c.packets += 1;
+                    c.bytes += len;
+                }
+            }
+        } else {
+            bump(&REASON_STATS, reason_index(v.dir, v.reason, audit), len);
         }
+        audit || !is_drop(v.reason)
+    }
+
+    /// The exit of stage 1, whose verdicts are never a rule's (non-IP, malformed,
+    /// internal): [`finish`] without the rule counters. LLVM merged the rule branch
+    /// into stage 1's context handling in a way the verifier refused ("dereference
+    /// of modified ctx ptr").
+    #[inline(always)]
+    fn finish_stage1(v: &Verdict, len: u64, audit: bool) -> bool {
+        bump(&REASON_STATS, reason_index(v.dir, v.reason, audit), len);
         audit || !is_drop(v.reason)
     }
 

@@ -101,9 +101,12 @@ impl Harness {
         self.rules = rules;
     }
 
-    fn snapshot(&self) -> Counters {
+    /// The counters of the harness's rules and of rule 0 (the gateway's own
+    /// traffic): the packets a rule allowed count in the reasons only through the
+    /// rules read (`Dataplane::counters_for`).
+    pub fn snapshot(&self) -> Counters {
         self.dp
-            .counters_for(self.ids.iter().copied())
+            .counters_for(std::iter::once(0).chain(self.ids.iter().copied()))
             .expect("read counters")
     }
 

@@ -399,7 +399,11 @@ impl MetricsSource {
             }
         }
         let e = |e: crate::dataplane::DataplaneError| e.to_string();
-        let counters = Counters::from_pins_for(&self.pin_dir, rules.keys().copied()).map_err(e)?;
+        // Every rule's counters, so that the reasons keep the packets of rules a reload
+        // removed (a Prometheus counter must not go down); only the current rules are
+        // listed.
+        let mut counters = Counters::from_pins(&self.pin_dir).map_err(e)?;
+        counters.rules.retain(|id, _| rules.contains_key(id));
         let ev = maps::open_pinned(&self.pin_dir, names::MAP_EVENT_STATS).map_err(e)?;
         let events = maps::read_events(&ev).map_err(|x| x.to_string())?;
         let top = maps::open_pinned(&self.pin_dir, names::MAP_TOP_DENIED).map_err(e)?;
