@@ -12,8 +12,8 @@
 //!   packet. What actually happened to a packet (pass, drop, or pass in audit mode
 //!   although the policy would drop it) follows from the reason and the audit bit
 //!   ([`action_of`]; an allowed packet passes in either mode), so userspace sums the
-//!   actions from these counters too. An allowed packet used to update both maps; one
-//!   update less cost 2 ns per packet (docs/profiling.md, ninth round).
+//!   actions from these counters too. An allowed packet used to update both maps;
+//!   updating one saved 2 ns per packet (docs/profiling.md, ninth round).
 
 /// A packet and byte counter. Per-CPU, so updates need no atomics.
 #[repr(C)]
