@@ -42,6 +42,15 @@ fn main() {
         .into_iter()
         .find(|p| p.name.as_str() == "dataplane-ebpf")
         .expect("dataplane-ebpf package in the workspace");
+    // aya-build watches the eBPF crate's own directory only; the crates it takes by
+    // path (`tagwall-common`: map layouts, constants, the trie's arithmetic) change
+    // the object too, and without this a change there alone left the old object
+    // embedded.
+    for dep in &ebpf.dependencies {
+        if let Some(path) = &dep.path {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
     let root_dir = ebpf
         .manifest_path
         .parent()
