@@ -147,6 +147,13 @@ pub const fn shortcut_key(addr: &[u32; 4]) -> [u32; 4] {
     [addr[0], addr[1], addr[2], addr[3] & SHORTCUT_W3_MASK]
 }
 
+/// The first node of `slot`'s shortcut records.
+#[inline(always)]
+#[must_use]
+pub const fn shortcut_node(slot: u8) -> u32 {
+    ROOTS + (slot & 1) as u32 * SHORTCUT_NODES
+}
+
 /// The byte offset in the table of the record for `key` ([`shortcut_key`]) in
 /// `slot`/`dir`: a multiplicative hash of the /112 and the direction picks one of the
 /// slot's [`SHORTCUTS`] records.
@@ -157,7 +164,5 @@ pub const fn shortcut_offset(slot: u8, dir: u8, key: &[u32; 4]) -> usize {
     let folded = ((key[1] ^ key[3]) as u64) << 32 | (key[0] ^ key[2]) as u64;
     let index =
         (folded ^ (dir & 3) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHORTCUT_BITS);
-    (((ROOTS + (slot & 1) as u32 * SHORTCUT_NODES) as usize * FANOUT)
-        + index as usize * SHORTCUT_RECORD)
-        * 4
+    ((shortcut_node(slot) as usize * FANOUT) + index as usize * SHORTCUT_RECORD) * 4
 }

@@ -1575,12 +1575,7 @@ impl Counters {
             }
             out.rules.insert(id, total);
             for (class, k) in c.classes.iter().enumerate() {
-                if k.packets != 0 {
-                    let r = out.reasons.entry(class_of(class)).or_default();
-                    *r = r.add(*k);
-                    let a = &mut out.actions[ACTION_PASS as usize];
-                    *a = a.add(*k);
-                }
+                out.tally(class_of(class), ACTION_PASS, *k);
             }
         }
         // Every other packet is counted once, by reason, direction and audit mode;
@@ -1590,12 +1585,7 @@ impl Counters {
                 for reason in ALL_REASONS {
                     let c = sum_percpu(reasons, reason_index(dir, reason, audit))
                         .map_err(map_err(names::MAP_REASON_STATS))?;
-                    if c.packets != 0 {
-                        let r = out.reasons.entry((dir, reason)).or_default();
-                        *r = r.add(c);
-                        let a = &mut out.actions[action_of(reason, audit) as usize];
-                        *a = a.add(c);
-                    }
+                    out.tally((dir, reason), action_of(reason, audit), c);
                 }
             }
         }
@@ -1609,6 +1599,16 @@ impl Counters {
                 .map_err(map_err(names::MAP_FWD_STATS))?;
         }
         Ok(out)
+    }
+
+    /// Add `c` (when it counted packets) to the reason `(dir, reason)` and to `action`.
+    fn tally(&mut self, key: (u8, u8), action: u32, c: Counter) {
+        if c.packets != 0 {
+            let r = self.reasons.entry(key).or_default();
+            *r = r.add(c);
+            let a = &mut self.actions[action as usize];
+            *a = a.add(c);
+        }
     }
 
     /// Read the counters of a running datapath from its pinned maps (every rule's).

@@ -13,9 +13,9 @@ use std::{
 
 use ipnet::IpNet;
 use tagwall_common::stride::{
-    CHILD, FANOUT, FIRST_NODE, MAX_VALUE, ROOTS, SHORTCUT_BYTES, SHORTCUT_NODES, SHORTCUT_RECORD,
-    SHORTCUTS_BELOW, child, child_node, result, result_value, root, shortcut_key, shortcut_offset,
-    shortcut_tag, slot_nodes,
+    CHILD, FANOUT, FIRST_NODE, MAX_VALUE, SHORTCUT_BYTES, SHORTCUT_NODES, SHORTCUT_RECORD,
+    SHORTCUTS_BELOW, child, child_node, result, result_value, root, shortcut_key, shortcut_node,
+    shortcut_offset, shortcut_tag, slot_nodes,
 };
 
 /// The table has no free node left for the slot.
@@ -104,7 +104,7 @@ impl<'a> Table<'a> {
                 }
             }
         }
-        let first = ROOTS + u32::from(slot & 1) * SHORTCUT_NODES;
+        let first = shortcut_node(slot);
         for n in first..first + SHORTCUT_NODES {
             for i in 0..FANOUT {
                 self.entry(n, i).store(0, Ordering::Release);
