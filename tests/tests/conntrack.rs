@@ -1144,6 +1144,46 @@ fn the_flow_cache_serves_only_what_the_table_would_say() {
         WEB6,
         DIR_EGRESS,
     );
+    // Nor are other hosts whose addresses differ from the cached ends in one word:
+    // words 1 or 2 of either end (word 3, which picks the cache slot, is the same,
+    // so these packets meet the cached flow's slot). Each is checked both ways,
+    // the reply first, while no flow of these ends exists.
+    let cached_before = cached(&h);
+    for (client, server, allowed) in [
+        ("fd00:0:1::2", sv, true),
+        ("fd00::1:0:2", sv, true),
+        (cl, "2001:db8:2::5", false),
+        (cl, "2001:db8:1::1:0:5", true),
+    ] {
+        expect(
+            &mut h,
+            x,
+            &format!("v6 {server} -> {client}, no flow"),
+            &tcp(server, 443, client, 40061, ACK),
+            REASON_NO_MATCH,
+            0,
+            DIR_INGRESS,
+        );
+        let (reason, rule) = if allowed {
+            (REASON_ALLOWED, WEB6)
+        } else {
+            (REASON_NO_MATCH, 0)
+        };
+        expect(
+            &mut h,
+            x,
+            &format!("v6 {client} -> {server}, a new flow"),
+            &tcp(client, 40061, server, 443, ACK),
+            reason,
+            rule,
+            DIR_EGRESS,
+        );
+    }
+    assert_eq!(
+        cached(&h),
+        cached_before,
+        "no packet of other ends was served from the cache"
+    );
 
     // A reload: cached flows are checked again through the table, and the DNS flow
     // (its rule gone) is revoked, although its entry was fresh.
