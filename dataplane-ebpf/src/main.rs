@@ -1009,15 +1009,37 @@ mod prog {
             let rev = (k[0] ^ d) | (k[1] ^ s) | (k[2] ^ ports_rev);
             (fwd, rev)
         } else {
-            let mut fwd = k[8] ^ ports_fwd;
-            let mut rev = k[8] ^ ports_rev;
-            for i in 0..4 {
-                let (s, d) = (r(&f.h.src[i]), r(&f.h.dst[i]));
-                fwd |= (k[i] ^ s) | (k[4 + i] ^ d);
-                rev |= (k[i] ^ d) | (k[4 + i] ^ s);
-            }
-            (fwd, rev)
+            // Double words: half the loads, and with each order's loads next to its
+            // use (volatile, so read again for the second order) no value has to stay
+            // live across the other order's, where word by word LLVM kept sixteen
+            // words in registers and spilled a third of them.
+            let fwd = words64_differ(&c.key, &f.h.src, &f.h.dst) | u64::from(k[8] ^ ports_fwd);
+            let rev = words64_differ(&c.key, &f.h.dst, &f.h.src) | u64::from(k[8] ^ ports_rev);
+            (u32::from(fwd != 0), u32::from(rev != 0))
         }
+    }
+
+    // `words64_differ` reads the key words and the addresses as double words: they
+    // start at offsets that are multiples of 8 in 8-aligned map values.
+    const _: () = {
+        assert!(core::mem::offset_of!(Facts, h) == 0);
+        assert!(core::mem::offset_of!(Headers, src) % 8 == 0);
+        assert!(core::mem::offset_of!(Headers, dst) % 8 == 0);
+        assert!(core::mem::align_of::<Facts>() == 8);
+        assert!(core::mem::offset_of!(FlowCacheEntry, key) == 0);
+        assert!(core::mem::align_of::<FlowCacheEntry>() == 8);
+    };
+
+    /// Non-zero when the first eight key words are not `a` then `b`, compared as
+    /// double words with volatile loads (see [`cache_diffs`]).
+    #[inline(always)]
+    fn words64_differ(key: &[u32; 9], a: &[u32; 4], b: &[u32; 4]) -> u64 {
+        // SAFETY: each pointer is 8-aligned (the assertions above) and the two double
+        // words read from it lie inside the array it points into.
+        let r =
+            |p: *const u32, i: usize| unsafe { core::ptr::read_volatile(p.cast::<u64>().add(i)) };
+        let (k, a, b) = (key.as_ptr(), a.as_ptr(), b.as_ptr());
+        (r(k, 0) ^ r(a, 0)) | (r(k, 1) ^ r(a, 1)) | (r(k, 2) ^ r(b, 0)) | (r(k, 3) ^ r(b, 1))
     }
 
     /// The other direction (a flow's replies go the other way).
