@@ -26,7 +26,25 @@ pub mod names {
     /// The multibit trie of the policy prefixes (`stride`), mmapped by userspace.
     pub const MAP_LOOKUP: &str = "LOOKUP";
     pub const MAP_PORT_SETS: &str = "PORT_SETS";
-    pub const MAP_CONFIG: &str = "CONFIG";
+    /// The datapath's settings: the global `CONFIG` (`GLOBAL_CONFIG`) in a data
+    /// section of its own, which the loader turns into a one-entry array map named
+    /// after the section. The programs read it at an address fixed at load time,
+    /// without a map lookup.
+    pub const MAP_CONFIG: &str = ".bss.config";
+    /// The symbol of the settings global, and the file its map is pinned as (the name
+    /// the map had when it was an ordinary map, so pins from then are adopted).
+    pub const GLOBAL_CONFIG: &str = "CONFIG";
+
+    /// The file `map` is pinned as in a pin directory: its name, but for the
+    /// settings (`MAP_CONFIG`), which keep their old name.
+    #[must_use]
+    pub fn pin_file(map: &str) -> &str {
+        if map == MAP_CONFIG {
+            GLOBAL_CONFIG
+        } else {
+            map
+        }
+    }
     pub const MAP_RULE_STATS: &str = "RULE_STATS";
     /// Per-packet verdict counters; the actions are summed from them (`counters`).
     pub const MAP_REASON_STATS: &str = "REASON_STATS";

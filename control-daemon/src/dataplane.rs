@@ -471,17 +471,18 @@ fn check_pins(pins: &[(&'static str, PathBuf)], sized: &[(&str, u32)]) -> Result
     Ok(())
 }
 
+/// The value of the settings pinned at `path`, if there are any.
+fn pinned_config(path: &Path) -> Option<DpConfig> {
+    let map = MapData::from_pin(path).ok()?;
+    let cfg = Array::<MapData, DpConfig>::try_from(Map::Array(map)).ok()?;
+    cfg.get(&0, 0).ok()
+}
+
 /// Refuse a pinned `CONFIG` written by a tagwall whose map contents mean something
 /// else (`MAP_LAYOUT`), although every size matches.
 fn check_layout(path: &Path) -> Result<()> {
-    let Ok(map) = MapData::from_pin(path) else {
+    let Some(cfg) = pinned_config(path) else {
         // Not pinned yet (or unreadable: the loader reports it).
-        return Ok(());
-    };
-    let Ok(cfg) = Array::<MapData, DpConfig>::try_from(Map::Array(map)) else {
-        return Ok(());
-    };
-    let Ok(cfg) = cfg.get(&0, 0) else {
         return Ok(());
     };
     if cfg.written() && cfg.layout != MAP_LAYOUT {
@@ -519,7 +520,10 @@ impl Dataplane {
                     path: dir.display().to_string(),
                     source,
                 })?;
-                PINNED_MAPS.iter().map(|n| (*n, dir.join(n))).collect()
+                PINNED_MAPS
+                    .iter()
+                    .map(|n| (*n, dir.join(names::pin_file(n))))
+                    .collect()
             }
             None => Vec::new(),
         };
@@ -528,6 +532,14 @@ impl Dataplane {
         let pinned = |name: &str| pins.iter().any(|(n, p)| *n == name && p.exists());
         let ct_unstamped = (pinned(names::MAP_CONNTRACK_V4) || pinned(names::MAP_CONNTRACK_V6))
             && !pinned(names::MAP_CT_FILTER);
+        // `CONFIG` is a global: the loader writes the object's value into its map,
+        // also into a pinned one it adopts, where the attached programs would read
+        // zero settings (slot 0, stateless) until the daemon writes them again.
+        // Loaded with the pinned value, the write changes nothing.
+        let carried = pins
+            .iter()
+            .find(|(n, _)| *n == names::MAP_CONFIG)
+            .and_then(|(_, path)| pinned_config(path));
         let mut loader = EbpfLoader::new();
         // TAGWALL_VERIFIER_LOG=1: full verifier logs in load errors (debugging).
         if std::env::var_os("TAGWALL_VERIFIER_LOG").is_some() {
@@ -538,6 +550,9 @@ impl Dataplane {
             loader.map_max_entries(name, entries);
         }
         loader.override_global(aya_log::LEVEL, &opts.log_level, false);
+        if let Some(cfg) = &carried {
+            loader.override_global(names::GLOBAL_CONFIG, cfg, true);
+        }
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -1617,8 +1632,9 @@ impl Counters {
     /// [`DataplaneError::NotPinned`] when nothing is pinned at `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> Result<Self> {
         let open = |name: &'static str| -> Result<MapData> {
-            MapData::from_pin(pin_dir.join(name)).map_err(|source| DataplaneError::NotPinned {
-                path: pin_dir.join(name).display().to_string(),
+            let path = pin_dir.join(names::pin_file(name));
+            MapData::from_pin(&path).map_err(|source| DataplaneError::NotPinned {
+                path: path.display().to_string(),
                 source,
             })
         };

@@ -79,8 +79,6 @@ mod prog {
     #[map]
     static PORT_SETS: Array<PortSet> = Array::with_max_entries(2 * DEFAULT_SETS_PER_SLOT, 0);
     #[map]
-    static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
-    #[map]
     static RULE_STATS: PerCpuArray<RuleCounter> = PerCpuArray::with_max_entries(MAX_RULES, 0);
     #[map]
     static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STATS_LEN, 0);
@@ -166,9 +164,15 @@ mod prog {
         TC_ACT_OK as i32
     }
 
-    /// Used before userspace wrote `CONFIG` (never in practice: the loader writes it
-    /// before attaching): slot 0, stateless, enforcing.
-    static NO_CONFIG: Config = Config {
+    /// The datapath's settings, written by userspace. A global in its own data
+    /// section: the loader makes it a one-entry array map, and the program reads it
+    /// through an address the verifier fixes at load time, without a lookup.
+    /// Zero (slot 0, stateless, enforcing) until userspace writes it, which it does
+    /// before attaching; a load that adopts a pinned `CONFIG` keeps its value
+    /// (`Dataplane::load`).
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = ".bss.config")]
+    static mut CONFIG: Config = Config {
         slot: 0,
         audit: 0,
         generation: 0,
@@ -190,10 +194,17 @@ mod prog {
 
     #[inline(always)]
     fn config() -> &'static Config {
-        match CONFIG.get(0) {
-            Some(c) => c,
-            None => &NO_CONFIG,
-        }
+        let mut p = &raw const CONFIG;
+        // SAFETY: an empty instruction. It hides from LLVM that `p` is `CONFIG`,
+        // which this program never writes: nothing then allows LLVM to take its
+        // reads for the zero it starts as (its link-time optimisation may treat a
+        // global nobody writes as a constant), and the address is loaded once per
+        // program instead of once per use.
+        unsafe {
+            core::arch::asm!("/* {p} */", p = inout(reg) p, options(nostack, preserves_flags))
+        };
+        // SAFETY: a live static; userspace rewrites it whole with a map update.
+        unsafe { &*p }
     }
 
     /// Gateway mode, stage 1: parse. Non-IP and unparsable packets get their verdict

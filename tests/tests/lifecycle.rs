@@ -355,7 +355,7 @@ fn pinned_maps_of_another_layout_are_refused_by_name() {
 
     // CONFIG's pin where FACTS' belongs: another value size, as after a layout change.
     std::fs::remove_file(pins.join(names::MAP_FACTS)).expect("unpin FACTS");
-    std::fs::rename(pins.join(names::MAP_CONFIG), pins.join(names::MAP_FACTS))
+    std::fs::rename(pins.join(names::GLOBAL_CONFIG), pins.join(names::MAP_FACTS))
         .expect("move CONFIG's pin");
     assert_refused(&opts, names::MAP_FACTS, "FACTS");
 
@@ -411,7 +411,7 @@ fn pinned_maps_written_in_another_layout_are_refused() {
         ..LoadOptions::default()
     };
     let pinned_config = || -> Array<MapData, Config> {
-        let map = MapData::from_pin(pins.join(names::MAP_CONFIG)).expect("CONFIG pinned");
+        let map = MapData::from_pin(pins.join(names::GLOBAL_CONFIG)).expect("CONFIG pinned");
         Array::try_from(Map::Array(map)).expect("array")
     };
     let write_layout = |layout: u32, generation: u32| {
@@ -440,7 +440,16 @@ fn pinned_maps_written_in_another_layout_are_refused() {
         MAP_LAYOUT,
         "apply records this build's layout"
     );
+    // `CONFIG` is a global, which the loader writes when it adopts its map: with
+    // the pinned value, so what the attached programs read stays as it was.
+    let before = pinned_config().get(&0, 0).expect("CONFIG[0]");
+    assert_ne!(before.generation, 0, "applied");
     drop(Dataplane::load(&opts).expect("the same layout is adopted"));
+    assert_eq!(
+        pinned_config().get(&0, 0).expect("CONFIG[0]"),
+        before,
+        "a load that adopts CONFIG keeps its settings"
+    );
 
     // As an older tagwall left them: applied (generation 3), layout 0.
     write_layout(0, 3);

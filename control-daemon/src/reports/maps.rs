@@ -230,7 +230,7 @@ impl MapRef<'_> {
 /// # Errors
 /// [`DataplaneError::NotPinned`] when nothing is pinned there.
 pub fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Map, DataplaneError> {
-    let path = pin_dir.join(name);
+    let path = pin_dir.join(names::pin_file(name));
     let not_pinned = |source| DataplaneError::NotPinned {
         path: path.display().to_string(),
         source,
