@@ -1046,8 +1046,9 @@ mod prog {
     /// double words with volatile loads (see [`cache_diffs`]).
     #[inline(always)]
     fn words64_differ(key: &[u32; 9], a: &[u32; 4], b: &[u32; 4]) -> u64 {
-        // SAFETY: each pointer is 8-aligned (the assertions above) and the two double
-        // words read from it lie inside the array it points into.
+        // SAFETY: the only caller passes fields of `FlowCacheEntry` and `Facts` in map
+        // values, which the kernel aligns to 8, at offsets the assertions above make
+        // multiples of 8; the double words read lie inside the arrays.
         let r =
             |p: *const u32, i: usize| unsafe { core::ptr::read_volatile(p.cast::<u64>().add(i)) };
         let (k, a, b) = (key.as_ptr(), a.as_ptr(), b.as_ptr());
