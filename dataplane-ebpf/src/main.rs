@@ -1374,11 +1374,15 @@ mod prog {
     fn bump(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
         if let Some(c) = map.get_ptr_mut(index) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-            unsafe {
-                (*c).packets += 1;
-                (*c).bytes += bytes;
-            }
+            count(unsafe { &mut *c }, bytes);
         }
+    }
+
+    /// Count one packet of `bytes` in `c`.
+    #[inline(always)]
+    fn count(c: &mut Counter, bytes: u64) {
+        c.packets += 1;
+        c.bytes += bytes;
     }
 
     /// The exit of stage 2: record the verdict in one counter, then say whether the
@@ -1392,11 +1396,7 @@ mod prog {
             if let Some(c) = RULE_STATS.get_ptr_mut(v.rule_id) {
                 let class = rule_class(v.dir, v.reason) & (RULE_CLASSES - 1);
                 // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-                unsafe {
-                    let c = &mut (*c).classes[class];
-                    c.packets += 1;
-                    c.bytes += len;
-                }
+                count(unsafe { &mut (*c).classes[class] }, len);
             }
         } else {
             bump(&REASON_STATS, reason_index(v.dir, v.reason, audit), len);
