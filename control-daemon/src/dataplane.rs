@@ -425,13 +425,15 @@ fn sized_at_load(opts: &LoadOptions) -> [(&'static str, u32); 6] {
 /// of entries) differs from the embedded object's
 /// (an upgrade across a layout change): aya would adopt them as they are, and the
 /// programs would then fail verification or misread them.
-fn check_pins(pins: &[(&'static str, PathBuf)], sized: &[(&str, u32)]) -> Result<()> {
+///
+/// Returns the pinned settings, if there are any: the load carries them through.
+fn check_pins(pins: &[(&'static str, PathBuf)], sized: &[(&str, u32)]) -> Result<Option<DpConfig>> {
     if !pins.iter().any(|(_, path)| path.exists()) {
-        return Ok(());
+        return Ok(None);
     }
     let Ok(obj) = aya_obj::Object::parse(EBPF_OBJECT) else {
         // The loader parses it again and reports what is wrong.
-        return Ok(());
+        return Ok(None);
     };
     for (name, path) in pins {
         let (Some(def), true) = (obj.maps.get(*name), path.exists()) else {
@@ -465,10 +467,15 @@ fn check_pins(pins: &[(&'static str, PathBuf)], sized: &[(&str, u32)]) -> Result
             });
         }
     }
-    if let Some((_, path)) = pins.iter().find(|(n, _)| *n == names::MAP_CONFIG) {
-        check_layout(path)?;
-    }
-    Ok(())
+    let Some((_, path)) = pins.iter().find(|(n, _)| *n == names::MAP_CONFIG) else {
+        return Ok(None);
+    };
+    // Not pinned yet (or unreadable: the loader reports it): nothing to check or carry.
+    let Some(cfg) = pinned_config(path) else {
+        return Ok(None);
+    };
+    check_layout(&cfg, path)?;
+    Ok(Some(cfg))
 }
 
 /// The value of the settings pinned at `path`, if there are any.
@@ -480,11 +487,7 @@ fn pinned_config(path: &Path) -> Option<DpConfig> {
 
 /// Refuse a pinned `CONFIG` written by a tagwall whose map contents mean something
 /// else (`MAP_LAYOUT`), although every size matches.
-fn check_layout(path: &Path) -> Result<()> {
-    let Some(cfg) = pinned_config(path) else {
-        // Not pinned yet (or unreadable: the loader reports it).
-        return Ok(());
-    };
+fn check_layout(cfg: &DpConfig, path: &Path) -> Result<()> {
     if cfg.written() && cfg.layout != MAP_LAYOUT {
         return Err(DataplaneError::IncompatiblePin {
             name: names::MAP_CONFIG,
@@ -528,18 +531,14 @@ impl Dataplane {
             None => Vec::new(),
         };
         let sized = sized_at_load(opts);
-        check_pins(&pins, &sized)?;
-        let pinned = |name: &str| pins.iter().any(|(n, p)| *n == name && p.exists());
-        let ct_unstamped = (pinned(names::MAP_CONNTRACK_V4) || pinned(names::MAP_CONNTRACK_V6))
-            && !pinned(names::MAP_CT_FILTER);
         // `CONFIG` is a global: the loader writes the object's value into its map,
         // also into a pinned one it adopts, where the attached programs would read
         // zero settings (slot 0, stateless) until the daemon writes them again.
-        // Loaded with the pinned value, the write changes nothing.
-        let carried = pins
-            .iter()
-            .find(|(n, _)| *n == names::MAP_CONFIG)
-            .and_then(|(_, path)| pinned_config(path));
+        // Loaded with the pinned value (`carried`), the write changes nothing.
+        let carried = check_pins(&pins, &sized)?;
+        let pinned = |name: &str| pins.iter().any(|(n, p)| *n == name && p.exists());
+        let ct_unstamped = (pinned(names::MAP_CONNTRACK_V4) || pinned(names::MAP_CONNTRACK_V6))
+            && !pinned(names::MAP_CT_FILTER);
         let mut loader = EbpfLoader::new();
         // TAGWALL_VERIFIER_LOG=1: full verifier logs in load errors (debugging).
         if std::env::var_os("TAGWALL_VERIFIER_LOG").is_some() {
