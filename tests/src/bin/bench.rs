@@ -95,6 +95,9 @@ const WARM_UP_AFTER_LOAD: Duration = Duration::from_secs(3);
 const NO_CACHE: &str = "XDP conntrack, no flow cache";
 /// Mode of the rows that measure denied packets with the default drop reporting.
 const REPORTS_ON: &str = "XDP conntrack, top-denied on";
+/// Modes of the rows that measure a gateway with internal prefixes (directional).
+const DIRECTIONAL_STATELESS: &str = "XDP stateless, directional";
+const DIRECTIONAL_CONNTRACK: &str = "XDP conntrack, directional";
 /// Mode of the rows that measure denied packets whose presence-filter slot a live
 /// flow has stamped (every slot stamped, as in a table far fuller than the filter).
 const FILTER_TAKEN: &str = "XDP conntrack, filter slot taken";
@@ -372,6 +375,29 @@ fn bench_case(
         row(FILTER_TAKEN, label, m);
     }
     tagwall_tests::harness::stamp_ct_filter(&dp, 0)?;
+    // A gateway with `internal_prefixes`, as the README's example sets it up: the
+    // direction of a packet that connection tracking does not serve comes from a walk
+    // of the internal prefixes first (the benchmark's sources are internal, so every
+    // packet is outbound, with the verdicts of the rows above).
+    let internal: Vec<IpNet> = vec![
+        "10.0.0.0/16".parse().expect("literal"),
+        "fd00::/16".parse().expect("literal"),
+    ];
+    for (mode, settings) in [
+        (DIRECTIONAL_STATELESS, Settings::stateless(false)),
+        (DIRECTIONAL_CONNTRACK, tracked.clone()),
+    ] {
+        let settings = Settings {
+            internal: internal.clone(),
+            ..settings
+        };
+        dp.apply(&policy, &settings)?;
+        warm_up(&mut dp, None)?;
+        for (label, frame, expect) in &case.frames {
+            let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
+            row(mode, label, m);
+        }
+    }
     // A denied packet as `tagwall run` handles it by default: counted in the
     // top-denied table (an LRU hash update). The rows above leave reporting off, as
     // `[reports] top_denied_entries = 0` does; allowed packets never report.
@@ -479,9 +505,13 @@ fn report(
          the filter). Drop reporting is off in these rows \
          (`[reports] top_denied_entries = 0`); \"top-denied on\": denied packets with \
          the default reporting of `tagwall run` (each drop counted in the top-denied \
-         LRU table). The targets below are judged on the default datapath with \
-         reporting off, and for the denied packets also with every filter slot taken; \
-         the other rows are shown for what the table path and the reporting cost.\n",
+         LRU table). \"directional\": a gateway with internal prefixes (10.0.0.0/16 \
+         and fd00::/16, which hold the packets' sources), as the README's example sets \
+         one up: a packet that connection tracking does not serve first walks the \
+         internal prefixes for its direction. The targets below are judged on the \
+         default datapath with reporting off, for the denied packets also with every \
+         filter slot taken, and on the directional gateway; the other rows are shown \
+         for what the table path and the reporting cost.\n",
         o.repeat, o.runs
     );
     let _ = writeln!(s, "## Per-packet cost (XDP and TC)\n");
@@ -533,6 +563,8 @@ fn report(
             "XDP conntrack",
             "TC conntrack",
             FILTER_TAKEN,
+            DIRECTIONAL_STATELESS,
+            DIRECTIONAL_CONNTRACK,
         ] {
             let Some(worst) = rows
                 .iter()
