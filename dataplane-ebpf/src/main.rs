@@ -208,12 +208,17 @@ mod prog {
     }
 
     /// Gateway mode, stage 1: parse. Non-IP and unparsable packets get their verdict
-    /// here; IP packets continue in `tagwall_xdp_decide` by tail call.
+    /// here, and so do packets this CPU's flow cache serves (see [`stage1`]); other
+    /// IP packets continue in `tagwall_xdp_decide` by tail call.
     #[xdp]
     pub fn tagwall_xdp(ctx: XdpContext) -> u32 {
         let verdict = match stage1(|| Cursor::new(ctx.data(), ctx.data_end()), Hook::Gateway) {
-            Some(v) => v,
-            None => {
+            Stage1::Ends(v) => v,
+            Stage1::Served(v) => {
+                count_rule(&v, (ctx.data_end() - ctx.data()) as u64);
+                return xdp_action::XDP_PASS;
+            }
+            Stage1::Decide => {
                 // SAFETY: the context is the program's own.
                 unsafe { JUMP_XDP.tail_call(&ctx, 0) };
                 Verdict::new(REASON_INTERNAL, DIR_EGRESS)
@@ -453,8 +458,12 @@ mod prog {
             let _ = ctx.pull_data(want);
         }
         let verdict = match stage1(|| Cursor::new(ctx.data(), ctx.data_end()), hook) {
-            Some(v) => v,
-            None => {
+            Stage1::Ends(v) => v,
+            Stage1::Served(v) => {
+                count_rule(&v, u64::from(len));
+                return TC_ACT_OK as i32;
+            }
+            Stage1::Decide => {
                 // SAFETY: the context is the program's own.
                 unsafe { JUMP_TC.tail_call(ctx, 0) };
                 Verdict::new(REASON_INTERNAL, hook_dir(hook))
@@ -472,26 +481,74 @@ mod prog {
         }
     }
 
-    /// Parse into `FACTS` for stage 2 (`None`), or return the verdict of a packet
-    /// that ends here. `packet` reads the packet's bounds after the `FACTS` lookup:
+    /// Parse into `FACTS` for stage 2, or return the verdict of a packet that ends
+    /// here. A packet an established flow sends is first looked for in this CPU's
+    /// flow cache: served there, it skips the tail call and stage 2's entry, about
+    /// 3 ns of the 40 such a packet cost (docs/profiling.md, eleventh round).
+    /// `packet` reads the packet's bounds after the `FACTS` lookup:
     /// read before it, they stayed live across the helper call, which clobbers the
     /// argument registers, and went through the stack.
     #[inline(always)]
-    fn stage1(packet: impl FnOnce() -> Cursor, hook: Hook) -> Option<Verdict> {
+    fn stage1(packet: impl FnOnce() -> Cursor, hook: Hook) -> Stage1 {
         let Some(f) = FACTS.get_ptr_mut(0) else {
-            return Some(Verdict::new(REASON_INTERNAL, hook_dir(hook)));
+            return Stage1::Ends(Verdict::new(REASON_INTERNAL, hook_dir(hook)));
         };
         // SAFETY: this CPU's scratch slot; nothing else runs on this CPU meanwhile.
         let f = unsafe { &mut *f };
         match parse(&packet(), &mut f.h) {
             Ok(true) => {
                 f.h.hook = hook as u8;
-                None
+                f.probe = PROBE_NONE;
+                let cfg = config();
+                // Fast forwarding happens in stage 2, so with it on the cache is
+                // probed there; so it is with the cache off, and for TCP packets with
+                // SYN (connection attempts), FIN or RST.
+                if cfg.flags & (CONFIG_F_CONNTRACK | CONFIG_F_FAST_FORWARD) == CONFIG_F_CONNTRACK
+                    && f.h.has_flow != 0
+                    && f.h.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+                    && cfg.ct.cache_refresh_ms != 0
+                {
+                    flow_slots(f);
+                    let now = coarse_now(f);
+                    let Some(c) = FLOW_CACHE.get_ptr_mut(f.cache_slot) else {
+                        return Stage1::Decide;
+                    };
+                    // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
+                    match cache_serve(unsafe { &mut *c }, f, cfg, now) {
+                        Cached::Served(v) => return Stage1::Served(v),
+                        Cached::Held => f.probe = PROBE_HELD,
+                        Cached::Miss => f.probe = PROBE_MISS,
+                    }
+                }
+                Stage1::Decide
             }
-            Ok(false) => Some(Verdict::new(REASON_NON_IP, hook_dir(hook))),
-            Err(reason) => Some(Verdict::new(reason, hook_dir(hook))),
+            Ok(false) => Stage1::Ends(Verdict::new(REASON_NON_IP, hook_dir(hook))),
+            Err(reason) => Stage1::Ends(Verdict::new(reason, hook_dir(hook))),
         }
     }
+
+    /// How stage 1 leaves a packet.
+    enum Stage1 {
+        /// Its verdict (non-IP, unparsable, internal error), counted by the caller.
+        Ends(Verdict),
+        /// Passed: this CPU's flow cache served it (established), its flow counters
+        /// updated; the caller counts it for its rule.
+        Served(Verdict),
+        /// Parsed into `FACTS` for stage 2.
+        Decide,
+    }
+
+    /// `Facts::probe`: stage 1 did not probe the flow cache (tracking or the cache
+    /// off, no flow, a TCP SYN, FIN or RST, fast forwarding on): stage 2 computes the
+    /// slots and the clock and probes it.
+    const PROBE_NONE: u8 = 0;
+    /// Stage 1 computed the slots and the clock, and the cache slot does not hold the
+    /// packet's flow.
+    const PROBE_MISS: u8 = 1;
+    /// As `PROBE_MISS`, but the slot holds the flow and may not serve this packet
+    /// (stale, another generation, a state change): stage 2 probes it again and
+    /// decides with the flow table.
+    const PROBE_HELD: u8 = 2;
 
     /// Stage 2 programs. A program array belongs to one program type, so XDP and TC
     /// have one each.
@@ -517,9 +574,12 @@ mod prog {
         key6: CtKeyV6,
         /// The packet's source is endpoint A of its key (with the key).
         src_is_a: u8,
-        /// The flow's slot in `FLOW_CACHE` (stage 2, see [`flow_slots`]).
+        /// What stage 1's flow cache probe found (`PROBE_*`).
+        probe: u8,
+        /// The flow's slot in `FLOW_CACHE` (stage 1 or 2, see [`flow_slots`] and
+        /// `probe`).
         cache_slot: u32,
-        /// The flow's slot in `CT_FILTER` (stage 2, see [`flow_slots`]).
+        /// The flow's slot in `CT_FILTER` (as `cache_slot`).
         filter_slot: u32,
         /// This CPU's clock cache, see [`coarse_now`]: `jiffies` when `clock_ns` was
         /// read (not written by stage 1, so it lives on between packets).
@@ -566,8 +626,13 @@ mod prog {
         let tracking = cfg.flags & CONFIG_F_CONNTRACK != 0;
         let mut now = 0;
         if tracking && f.h.has_flow != 0 {
-            flow_slots(f);
-            now = coarse_now(f);
+            if f.probe == PROBE_NONE {
+                flow_slots(f);
+                now = coarse_now(f);
+            } else {
+                // Stage 1 did both for its probe.
+                now = f.clock_ns;
+            }
         }
         if tracking {
             if let Some(v) = ct_continue(f, cfg, now) {
@@ -1119,6 +1184,54 @@ mod prog {
         c.from = from;
     }
 
+    /// The `FlowCacheEntry::tag` of the packet's flow.
+    #[inline(always)]
+    fn cache_tag(f: &Facts) -> u32 {
+        FLOW_CACHE_VALID | u32::from(f.h.v6) << 8 | u32::from(f.h.proto)
+    }
+
+    /// What a flow cache slot can do for a packet.
+    enum Cached {
+        /// Served: the verdict of the packet (established), the slot and the flow
+        /// counters updated.
+        Served(Verdict),
+        /// The slot holds the packet's flow but may not serve this packet: stale,
+        /// from another generation, a FIN or RST, or from an end it may not serve.
+        Held,
+        /// The slot does not hold the packet's flow.
+        Miss,
+    }
+
+    /// Serve the packet from the cache slot `c` of its flow, if it can (the one place
+    /// both stages do so: stage 1 before the tail call, stage 2 when stage 1 did not
+    /// probe or found the slot `Held`).
+    #[inline(always)]
+    fn cache_serve(c: &mut FlowCacheEntry, f: &Facts, cfg: &Config, now: u64) -> Cached {
+        if c.tag != cache_tag(f) {
+            return Cached::Miss;
+        }
+        let (fwd, rev) = cache_diffs(c, f);
+        if (fwd != 0) & (rev != 0) {
+            return Cached::Miss;
+        }
+        let src_is_a = fwd == 0;
+        if now < c.until_ns
+            && c.generation == cfg.generation
+            && f.h.tcp_flags & (TCP_FIN | TCP_RST) == 0
+            && c.from & endpoint_bit(src_is_a) != 0
+        {
+            c.last_ns = now;
+            ct_bump(CT_HIT);
+            ct_bump(CT_CACHED);
+            return Cached::Served(Verdict {
+                reason: REASON_ESTABLISHED,
+                dir: if src_is_a { c.dir_a } else { c.dir_b },
+                rule_id: c.rule_id,
+            });
+        }
+        Cached::Held
+    }
+
     /// A packet of a tracked flow: its verdict (established), after updating the
     /// flow's state. `None`: no live flow, judge the packet by the policy.
     ///
@@ -1129,43 +1242,29 @@ mod prog {
         if f.h.has_flow == 0 {
             return None;
         }
-        let tag = FLOW_CACHE_VALID | u32::from(f.h.v6) << 8 | u32::from(f.h.proto);
-        // The lookup never fails (the slot number is below the map's size); if it did,
-        // the packet would drop as `internal`: a maybe-missing slot kept to the refill
-        // below made the verifier walk the whole table path twice. The probe runs with
-        // the cache off too (`cache_refresh_ms = 0`): nothing fills a slot then, and
-        // what an earlier setting filled has an older generation, so it misses; a
-        // branch to skip it doubled the verifier's states as well.
-        let Some(c) = FLOW_CACHE.get_ptr_mut(f.cache_slot) else {
-            return Some(Verdict::new(REASON_INTERNAL, DIR_EGRESS));
-        };
-        // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
-        let c = unsafe { &mut *c };
         let mut cached_last = 0;
         let mut held = false;
-        if c.tag == tag {
-            let (fwd, rev) = cache_diffs(c, f);
-            if (fwd == 0) | (rev == 0) {
-                held = true;
-                let src_is_a = fwd == 0;
-                if now < c.until_ns
-                    && c.generation == cfg.generation
-                    && f.h.tcp_flags & (TCP_FIN | TCP_RST) == 0
-                    && c.from & endpoint_bit(src_is_a) != 0
-                {
-                    c.last_ns = now;
-                    ct_bump(CT_HIT);
-                    ct_bump(CT_CACHED);
-                    return Some(Verdict {
-                        reason: REASON_ESTABLISHED,
-                        dir: if src_is_a { c.dir_a } else { c.dir_b },
-                        rule_id: c.rule_id,
-                    });
+        // This CPU's cache slot, probed again unless stage 1 found it without the
+        // flow. The lookup never fails (the slot number is below the map's size); if
+        // it did, the packet would drop as `internal`. The probe runs with the cache
+        // off too (`cache_refresh_ms = 0`): nothing fills a slot then, and what an
+        // earlier setting filled has an older generation, so it misses.
+        if f.probe != PROBE_MISS {
+            let Some(c) = FLOW_CACHE.get_ptr_mut(f.cache_slot) else {
+                return Some(Verdict::new(REASON_INTERNAL, DIR_EGRESS));
+            };
+            // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
+            let c = unsafe { &mut *c };
+            match cache_serve(c, f, cfg, now) {
+                Cached::Served(v) => return Some(v),
+                Cached::Held => {
+                    // Stale or a state change: the table decides, and refills the slot
+                    // if the flow lives on.
+                    held = true;
+                    cached_last = c.last_ns;
+                    c.tag = 0;
                 }
-                // Stale or a state change: the table decides, and refills the slot if
-                // the flow lives on.
-                cached_last = c.last_ns;
-                c.tag = 0;
+                Cached::Miss => {}
             }
         }
         if !held && filter_clears(f, cfg, now) {
@@ -1260,7 +1359,15 @@ mod prog {
         e.last_seen_ns = now;
         filter_cover(f.filter_slot, now + cfg.ct.for_state_ns(e.state, f.h.proto));
         ct_bump(CT_HIT);
-        cache_fill(c, tag, f, e, cfg, now);
+        // The slot is looked up again here, not carried from the probe above (which
+        // stage 1 may have done instead): a maybe-missing slot kept across the table
+        // path made the verifier walk it twice. Not at all with the cache off.
+        if cfg.ct.cache_refresh_ms != 0 {
+            if let Some(c) = FLOW_CACHE.get_ptr_mut(f.cache_slot) {
+                // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
+                cache_fill(unsafe { &mut *c }, cache_tag(f), f, e, cfg, now);
+            }
+        }
         let dir = if from_initiator {
             e.dir
         } else {
@@ -1393,15 +1500,22 @@ mod prog {
     #[inline(always)]
     fn finish(v: &Verdict, len: u64, audit: bool) -> bool {
         if v.reason == REASON_ALLOWED || v.reason == REASON_ESTABLISHED {
-            if let Some(c) = RULE_STATS.get_ptr_mut(v.rule_id) {
-                let class = rule_class(v.dir, v.reason) & (RULE_CLASSES - 1);
-                // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-                count(unsafe { &mut (*c).classes[class] }, len);
-            }
+            count_rule(v, len);
         } else {
             bump(&REASON_STATS, reason_index(v.dir, v.reason, audit), len);
         }
         audit || !is_drop(v.reason)
+    }
+
+    /// Count a packet that a rule allowed, or its flow's, for the rule, its direction
+    /// and its reason.
+    #[inline(always)]
+    fn count_rule(v: &Verdict, len: u64) {
+        if let Some(c) = RULE_STATS.get_ptr_mut(v.rule_id) {
+            let class = rule_class(v.dir, v.reason) & (RULE_CLASSES - 1);
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            count(unsafe { &mut (*c).classes[class] }, len);
+        }
     }
 
     /// The exit of stage 1, whose verdicts are never a rule's (non-IP, malformed,

@@ -143,9 +143,16 @@ fn ping(src: &str, dst: &str, request: bool, id: u16) -> Vec<u8> {
 /// Open a TCP flow from `client` to `server:443`: the SYN allowed by `rule`, the
 /// SYN-ACK back established (`label` prefixes the packets' names).
 #[track_caller]
-fn handshake(
+fn handshake(h: &mut Harness, prog: Prog, label: &str, ends: (&str, &str), sport: u16, rule: u32) {
+    handshake_on(h, (prog, prog), label, ends, sport, rule);
+}
+
+/// As [`handshake`], the SYN through `progs.0` and the SYN-ACK through `progs.1`
+/// (host mode: egress and ingress).
+#[track_caller]
+fn handshake_on(
     h: &mut Harness,
-    prog: Prog,
+    progs: (Prog, Prog),
     label: &str,
     (client, server): (&str, &str),
     sport: u16,
@@ -154,7 +161,7 @@ fn handshake(
     let syn = tcp(client, sport, server, 443, SYN);
     expect(
         h,
-        prog,
+        progs.0,
         &format!("{label}SYN"),
         &syn,
         REASON_ALLOWED,
@@ -165,7 +172,7 @@ fn handshake(
     let what = format!("{label}SYN-ACK");
     expect(
         h,
-        prog,
+        progs.1,
         &what,
         &syn_ack,
         REASON_ESTABLISHED,
@@ -207,6 +214,32 @@ fn expect(
         "{what}: counted in direction {dir}"
     );
     got
+}
+
+/// An established `WEB` flow's packet out (`progs.0`, egress) and its reply back
+/// (`progs.1`, ingress), each counted in its direction.
+#[track_caller]
+fn acks_both_ways(h: &mut Harness, progs: (Prog, Prog), frames: (&[u8], &[u8]), what: &str) {
+    let out = format!("ACK out{what}");
+    expect(
+        h,
+        progs.0,
+        &out,
+        frames.0,
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_EGRESS,
+    );
+    let back = format!("ACK back{what}");
+    expect(
+        h,
+        progs.1,
+        &back,
+        frames.1,
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_INGRESS,
+    );
 }
 
 fn ct_stat(h: &Harness, name: &str) -> u64 {
@@ -979,24 +1012,7 @@ fn the_flow_cache_serves_only_what_the_table_would_say() {
     };
     assert_eq!(state(&h), "established");
     // Established: both directions from the cache, each with its own direction.
-    expect(
-        &mut h,
-        x,
-        "ACK out",
-        &out(ACK),
-        REASON_ESTABLISHED,
-        WEB,
-        DIR_EGRESS,
-    );
-    expect(
-        &mut h,
-        x,
-        "ACK back",
-        &back(ACK),
-        REASON_ESTABLISHED,
-        WEB,
-        DIR_INGRESS,
-    );
+    acks_both_ways(&mut h, (x, x), (&out(ACK), &back(ACK)), "");
     assert_eq!(
         cached(&h),
         n + 3,
@@ -1240,6 +1256,48 @@ fn the_flow_cache_serves_only_what_the_table_would_say() {
 }
 
 /// `cache_refresh_ms = 0`: no packet is served from the flow cache.
+/// Host mode serves a flow from the cache as the gateway does (stage 1 of the TC
+/// programs, before the tail call, for a TCP packet with ACK and without SYN, FIN or
+/// RST): both hooks, each packet counted for its rule and direction.
+#[test]
+fn host_mode_serves_established_packets_from_the_flow_cache() {
+    pin_to_first_allowed_cpu();
+    let with_cache = settings(
+        &[],
+        CtTimeouts {
+            cache_refresh_ms: tagwall_common::ct::MAX_FLOW_CACHE_REFRESH_MS,
+            ..CtTimeouts::default()
+        },
+    );
+    let mut h = Harness::with(rules(), &with_cache);
+    let (eg, ing) = (Prog::TcEgress, Prog::TcIngress);
+    let (c, s) = ("10.0.0.2", "203.0.113.10");
+    let out = |flags| tcp(c, 40075, s, 443, flags);
+    let back = |flags| tcp(s, 443, c, 40075, flags);
+    let cached = |h: &Harness| ct_stat(h, "cached");
+    handshake_on(&mut h, (eg, ing), "", (c, s), 40075, WEB);
+    let n = cached(&h);
+    for i in 0..2 {
+        acks_both_ways(&mut h, (eg, ing), (&out(ACK), &back(ACK)), &format!(" {i}"));
+    }
+    assert_eq!(
+        cached(&h),
+        n + 4,
+        "established packets both ways from the cache"
+    );
+    // An unrelated packet that meets no cached flow is still judged by the policy.
+    expect(
+        &mut h,
+        eg,
+        "ACK to a denied port",
+        &tcp("10.0.0.2", 40071, "203.0.113.10", 444, ACK),
+        REASON_PORT,
+        0,
+        DIR_EGRESS,
+    );
+    assert_eq!(cached(&h), n + 4);
+}
+
 #[test]
 fn without_the_flow_cache_every_packet_takes_the_table_path() {
     pin_to_first_allowed_cpu();
