@@ -39,14 +39,16 @@
 //! hash of the key). A packet is served from it, without touching the table, when its
 //! slot holds its flow (whole key and protocol compared), the policy generation is
 //! unchanged, the packet would not change the flow's state (no FIN or RST; in
-//! `SYN_SENT` and `UNREPLIED` only the initiator's packets) and the entry is fresh: at
+//! `SYN_SENT` and `UNREPLIED` only the initiator's packets), it is not a SYN without
+//! ACK (a connection attempt: the common denied packet skips the probe, and a
+//! retransmitted SYN takes the table path) and the entry is fresh: at
 //! most [`CtTimeouts::cache_refresh_ms`] (or half the state's timeout, if shorter)
 //! since the table was last consulted; 0 turns the cache off. Every other packet
 //! takes the table path, which refills the slot. The parsing program (stage 1)
 //! probes the cache itself for a packet an established flow sends (TCP with ACK and
 //! without SYN, FIN or RST; UDP; ICMP echo) and passes it there, without the tail
-//! call; a SYN, and every packet while fast forwarding is on (which stage 2 does), is
-//! probed by stage 2, which also does the table path. So what the table shows is at most
+//! call; every packet while fast forwarding is on (which stage 2 does) is probed by
+//! stage 2, which also does the table path. So what the table shows is at most
 //! that long behind this CPU: a flow's
 //! `last_seen_ns` lags by up to the refresh time (the table path takes the cache's
 //! newer time), and a flow removed on another CPU or by the daemon (LRU eviction,

@@ -1245,11 +1245,15 @@ mod prog {
         let mut cached_last = 0;
         let mut held = false;
         // This CPU's cache slot, probed again unless stage 1 found it without the
-        // flow. The lookup never fails (the slot number is below the map's size); if
-        // it did, the packet would drop as `internal`. The probe runs with the cache
-        // off too (`cache_refresh_ms = 0`): nothing fills a slot then, and what an
-        // earlier setting filled has an older generation, so it misses.
-        if f.probe != PROBE_MISS {
+        // flow, and not for a SYN without ACK: a connection attempt, the common denied
+        // packet, which the cache could serve only as a retransmission in `SYN_SENT`
+        // (the table serves it as well). The lookup never fails (the slot number is
+        // below the map's size); if it did, the packet would drop as `internal`. The
+        // probe runs with the cache off too (`cache_refresh_ms = 0`): nothing fills a
+        // slot then, and what an earlier setting filled has an older generation, so
+        // it misses.
+        let attempt = f.h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        if f.probe != PROBE_MISS && !attempt {
             let Some(c) = FLOW_CACHE.get_ptr_mut(f.cache_slot) else {
                 return Some(Verdict::new(REASON_INTERNAL, DIR_EGRESS));
             };

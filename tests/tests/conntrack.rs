@@ -979,7 +979,7 @@ fn the_flow_cache_serves_only_what_the_table_would_say() {
     expect(
         &mut h,
         x,
-        "SYN again (cache)",
+        "SYN again (table again)",
         &out(SYN),
         REASON_ESTABLISHED,
         WEB,
@@ -987,8 +987,23 @@ fn the_flow_cache_serves_only_what_the_table_would_say() {
     );
     assert_eq!(
         cached(&h),
+        n,
+        "a SYN (a connection attempt) is never served from the cache"
+    );
+    // The initiator's other packets are (as after a SYN-ACK on another CPU).
+    expect(
+        &mut h,
+        x,
+        "ACK in SYN_SENT (cache)",
+        &out(ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_EGRESS,
+    );
+    assert_eq!(
+        cached(&h),
         n + 1,
-        "the second repeat is served from the cache"
+        "the initiator's ACK is served from the cache"
     );
     // The responder's first packet changes the state: the table's, not the cache's.
     expect(
