@@ -587,6 +587,10 @@ mod prog {
         clock_ns: u64,
     }
 
+    // `FACTS` is pinned, and a load adopts its pin only when the value size matches:
+    // fields added since (`probe`) live in padding, so the size stays.
+    const _: () = assert!(core::mem::size_of::<Facts>() == 120);
+
     #[map]
     static FACTS: PerCpuArray<Facts> = PerCpuArray::with_max_entries(1, 0);
 

@@ -142,13 +142,20 @@ pub fn frag6(next: u8, offset_units: u16, more: bool, rest: &[u8]) -> Vec<u8> {
     h
 }
 
+/// TCP flags (see [`tcp_flags`]); [`tcp`] sets SYN.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// TCP header with SYN set.
 #[must_use]
 pub fn tcp(sport: u16, dport: u16) -> Vec<u8> {
     let mut h = Vec::with_capacity(TCP_HDR);
     h.extend_from_slice(&sport.to_be_bytes());
     h.extend_from_slice(&dport.to_be_bytes());
     h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
-    h.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    h.extend_from_slice(&[0x50, TCP_SYN, 0xff, 0xff, 0, 0, 0, 0]);
     h
 }
 
@@ -176,6 +183,12 @@ pub fn echo(v6: bool) -> Vec<u8> {
 /// Convenience: Ethernet + IPv4 + TCP SYN.
 #[must_use]
 pub fn tcp4(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    tcp4_flags(dst, dport, TCP_SYN)
+}
+
+/// As [`tcp4`], with the given TCP flags (see [`tcp_flags`]).
+#[must_use]
+pub fn tcp4_flags(dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
     eth(
         &[],
         ETH_P_IP,
@@ -184,7 +197,7 @@ pub fn tcp4(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
             dst,
             IPPROTO_TCP,
             &V4Opts::default(),
-            &tcp(40000, dport),
+            &tcp_flags(40000, dport, flags),
         ),
     )
 }
@@ -208,6 +221,12 @@ pub fn udp4(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
 /// Convenience: Ethernet + IPv6 + TCP SYN.
 #[must_use]
 pub fn tcp6(dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+    tcp6_flags(dst, dport, TCP_SYN)
+}
+
+/// As [`tcp6`], with the given TCP flags (see [`tcp_flags`]).
+#[must_use]
+pub fn tcp6_flags(dst: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
     eth(
         &[],
         ETH_P_IPV6,
@@ -215,7 +234,7 @@ pub fn tcp6(dst: Ipv6Addr, dport: u16) -> Vec<u8> {
             "fd00::2".parse().expect("literal"),
             dst,
             IPPROTO_TCP,
-            &tcp(40000, dport),
+            &tcp_flags(40000, dport, flags),
         ),
     )
 }

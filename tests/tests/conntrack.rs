@@ -15,14 +15,14 @@ use tagwall_common::{
 };
 use tagwall_tests::{
     harness::{Harness, Observed, Prog},
-    pkt::{echo_msg, ip_frame, tcp_flags, udp},
+    pkt::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, echo_msg, ip_frame, tcp_flags, udp},
 };
 
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-const SYN_ACK: u8 = 0x12;
-const RST: u8 = 0x04;
-const FIN_ACK: u8 = 0x11;
+const SYN: u8 = TCP_SYN;
+const ACK: u8 = TCP_ACK;
+const SYN_ACK: u8 = TCP_SYN | TCP_ACK;
+const RST: u8 = TCP_RST;
+const FIN_ACK: u8 = TCP_FIN | TCP_ACK;
 
 fn rule(id: u32, name: &str, dir: Direction, nets: &[&str], proto: Proto, ports: &[&str]) -> Rule {
     Rule {

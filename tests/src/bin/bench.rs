@@ -21,7 +21,7 @@ use tagwall::{
     dataplane::{Dataplane, LoadOptions, Settings},
     rules::{Direction, PortRange, Proto, Rule},
 };
-use tagwall_tests::pkt::{tcp4, tcp6};
+use tagwall_tests::pkt::{TCP_ACK, tcp4, tcp4_flags, tcp6, tcp6_flags};
 
 const XDP_PASS: u32 = 2;
 const XDP_DROP: u32 = 1;
@@ -216,18 +216,22 @@ fn synthetic(n: usize, seed: u64) -> (Vec<Rule>, Ipv4Addr, Ipv6Addr) {
 /// (with tracking on they are served as one after the first); the denied ones are
 /// SYNs, connection attempts.
 fn frames(hit4: Ipv4Addr, hit6: Ipv6Addr) -> Vec<(String, Vec<u8>, u32)> {
-    let ack = |mut frame: Vec<u8>, ip_hdr: usize| {
-        frame[14 + ip_hdr + 13] = 0x10;
-        frame
-    };
     vec![
-        ("v4 hit tcp/443".into(), ack(tcp4(hit4, 443), 20), XDP_PASS),
+        (
+            "v4 hit tcp/443".into(),
+            tcp4_flags(hit4, 443, TCP_ACK),
+            XDP_PASS,
+        ),
         (
             "v4 miss".into(),
             tcp4(Ipv4Addr::new(198, 18, 0, 1), 443),
             XDP_DROP,
         ),
-        ("v6 hit tcp/443".into(), ack(tcp6(hit6, 443), 40), XDP_PASS),
+        (
+            "v6 hit tcp/443".into(),
+            tcp6_flags(hit6, 443, TCP_ACK),
+            XDP_PASS,
+        ),
         (
             "v6 miss".into(),
             tcp6("2001:db8::1".parse().expect("literal"), 443),
