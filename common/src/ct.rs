@@ -31,6 +31,19 @@
 //! [`CtTimeouts`]; an entry idle longer than its state's timeout is dead: the next
 //! packet removes it and is judged by the policy as a new flow.
 //!
+//! # Connection attempts
+//! A TCP SYN without ACK, which only an initiator sends, is judged by the policy
+//! before the tables: one the policy denies is dropped without the flow cache, the
+//! presence filter or a lookup, so denied attempts (the common drop, and a SYN flood
+//! to a denied destination) cost the same with tracking on or off, however full the
+//! tables. A live flow could hold such a packet only as a retransmission of an attempt
+//! the same policy allowed (a reload since then revokes it, and a learned address
+//! does not expire while a flow uses it) or as the responder's SYN of a simultaneous
+//! open, which the policy judges like any other attempt. An allowed attempt continues
+//! a live flow of its key of the current generation that is not closed (a
+//! retransmission, passed as established) and otherwise opens its flow, replacing
+//! whatever entry the key held (closed, expired, of another protocol or generation).
+//!
 //! # Flow cache
 //! A lookup in a kernel hash table costs several calls inside the kernel (hash,
 //! bucket walk, key compare), and on machines with return-stack mitigations every
@@ -40,8 +53,8 @@
 //! slot holds its flow (whole key and protocol compared), the policy generation is
 //! unchanged, the packet would not change the flow's state (no FIN or RST; in
 //! `SYN_SENT` and `UNREPLIED` only the initiator's packets), it is not a SYN without
-//! ACK (a connection attempt: the common denied packet skips the probe, and a
-//! retransmitted SYN takes the table path) and the entry is fresh: at
+//! ACK (a connection attempt, see above: a retransmitted SYN takes the table path)
+//! and the entry is fresh: at
 //! most [`CtTimeouts::cache_refresh_ms`] (or half the state's timeout, if shorter)
 //! since the table was last consulted; 0 turns the cache off. Every other packet
 //! takes the table path, which refills the slot. The parsing program (stage 1)
@@ -55,7 +68,8 @@
 //! RST, `clear_flows` clears the caches too) may still pass on this CPU that long.
 //!
 //! # Presence filter
-//! A packet of no flow (every denied packet, every flow's first packet) would pay
+//! A packet of no flow (a denied packet that is not a connection attempt, every
+//! flow's first packet) would pay
 //! the table lookup only to find nothing: for an IPv6 key, jhash over 36 bytes and a
 //! bucket walk, the largest single cost of such a packet. `CT_FILTER` is one array of
 //! [`CT_FILTER_SLOTS`] stamps shared by all CPUs, indexed by a hash of the flow that

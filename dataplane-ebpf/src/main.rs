@@ -120,6 +120,7 @@ mod prog {
         LruPerCpuHashMap::with_max_entries(DEFAULT_TOP_DENIED_ENTRIES, 0);
 
     /// The outcome of classification: why, in which direction, credited to which rule.
+    #[derive(Clone, Copy)]
     struct Verdict {
         reason: u8,
         dir: u8,
@@ -628,8 +629,19 @@ mod prog {
         };
         let slot = cfg.slot as u8;
         let tracking = cfg.flags & CONFIG_F_CONNTRACK != 0;
+        // A connection attempt (a TCP SYN without ACK, which only an initiator sends)
+        // is judged by the rules first, and one they deny is dropped without touching
+        // connection tracking: no slot hash, no clock, no presence filter, no table
+        // lookup, however full the table. The table could only hold a flow for it as
+        // a retransmission of an attempt the same rules allowed (a reload since then
+        // revokes the flow, and a learned host name's address does not expire while a
+        // flow uses it), as a closed connection whose ports are reused, which is
+        // judged anew anyway, or as the responder's SYN of a simultaneous open, which
+        // the rules judge like any other attempt. An allowed attempt goes on to the
+        // table (`ct_attempt`).
+        let attempt = f.h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         let mut now = 0;
-        if tracking && f.h.has_flow != 0 {
+        if tracking && f.h.has_flow != 0 && !attempt {
             if f.probe == PROBE_NONE {
                 flow_slots(f);
                 now = coarse_now(f);
@@ -638,59 +650,64 @@ mod prog {
                 now = f.clock_ns;
             }
         }
-        if tracking {
+        if tracking && !attempt {
             if let Some(v) = ct_continue(f, cfg, now) {
                 return v;
             }
         }
-        // `rules`: may the rules of the packet's direction apply? An inbound packet on
-        // a gateway must be headed for the protected network (inbound rules open the
-        // internal prefixes to their sources, not the whole world); local rules apply
-        // regardless.
-        if hook == Hook::GatewayLocal && cfg.flags & CONFIG_F_GATEWAY_OWN != 0 {
+        let v = if hook == Hook::GatewayLocal && cfg.flags & CONFIG_F_GATEWAY_OWN != 0 {
             // The gateway's own traffic is allowed (and tracked, so its replies come
             // back in); credited to rule 0, "the gateway itself".
-            let v = Verdict {
+            Verdict {
                 reason: REASON_ALLOWED,
                 dir: DIR_EGRESS,
                 rule_id: 0,
-            };
-            if tracking {
-                ct_open(f, &v, cfg, now);
             }
-            return v;
-        }
-        let (dir, rules) = match hook {
-            Hook::HostEgress | Hook::GatewayLocal => (DIR_EGRESS, true),
-            Hook::HostIngress => (DIR_INGRESS, true),
-            Hook::Gateway => {
-                if cfg.flags & CONFIG_F_DIRECTIONAL == 0
-                    || is_internal(&f.h.src, f.h.v6, slot, cfg.flags)
-                {
-                    (DIR_EGRESS, true)
-                } else {
-                    (DIR_INGRESS, is_internal(&f.h.dst, f.h.v6, slot, cfg.flags))
-                }
-            }
-        };
-        let dport = if f.h.has_dport != 0 {
-            Some(f.h.dport)
         } else {
-            None
+            // `rules`: may the rules of the packet's direction apply? An inbound
+            // packet on a gateway must be headed for the protected network (inbound
+            // rules open the internal prefixes to their sources, not the whole
+            // world); local rules apply regardless.
+            let (dir, rules) = match hook {
+                Hook::HostEgress | Hook::GatewayLocal => (DIR_EGRESS, true),
+                Hook::HostIngress => (DIR_INGRESS, true),
+                Hook::Gateway => {
+                    if cfg.flags & CONFIG_F_DIRECTIONAL == 0
+                        || is_internal(&f.h.src, f.h.v6, slot, cfg.flags)
+                    {
+                        (DIR_EGRESS, true)
+                    } else {
+                        (DIR_INGRESS, is_internal(&f.h.dst, f.h.v6, slot, cfg.flags))
+                    }
+                }
+            };
+            let dport = if f.h.has_dport != 0 {
+                Some(f.h.dport)
+            } else {
+                None
+            };
+            policy(
+                &f.h.src,
+                &f.h.dst,
+                f.h.v6,
+                f.h.proto,
+                dport,
+                f.h.later_fragment != 0,
+                slot,
+                dir,
+                rules,
+                cfg.flags,
+            )
         };
-        let v = policy(
-            &f.h.src,
-            &f.h.dst,
-            f.h.v6,
-            f.h.proto,
-            dport,
-            f.h.later_fragment != 0,
-            slot,
-            dir,
-            rules,
-            cfg.flags,
-        );
         if tracking && v.reason == REASON_ALLOWED {
+            if attempt {
+                // Once per connection, beside the insert: laid out away from the
+                // paths of the packets of a flow.
+                core::hint::cold_path();
+                flow_slots(f);
+                now = coarse_now(f);
+                return ct_attempt(f, &v, cfg, now);
+            }
             ct_open(f, &v, cfg, now);
         }
         v
@@ -1249,15 +1266,12 @@ mod prog {
         let mut cached_last = 0;
         let mut held = false;
         // This CPU's cache slot, probed again unless stage 1 found it without the
-        // flow, and not for a SYN without ACK: a connection attempt, the common denied
-        // packet, which the cache could serve only as a retransmission in `SYN_SENT`
-        // (the table serves it as well). The lookup never fails (the slot number is
-        // below the map's size); if it did, the packet would drop as `internal`. The
-        // probe runs with the cache off too (`cache_refresh_ms = 0`): nothing fills a
-        // slot then, and what an earlier setting filled has an older generation, so
-        // it misses.
-        let attempt = f.h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        if f.probe != PROBE_MISS && !attempt {
+        // flow (a connection attempt never comes here: `ct_attempt`). The lookup never
+        // fails (the slot number is below the map's size); if it did, the packet
+        // would drop as `internal`. The probe runs with the cache off too
+        // (`cache_refresh_ms = 0`): nothing fills a slot then, and what an earlier
+        // setting filled has an older generation, so it misses.
+        if f.probe != PROBE_MISS {
             let Some(c) = FLOW_CACHE.get_ptr_mut(f.cache_slot) else {
                 return Some(Verdict::new(REASON_INTERNAL, DIR_EGRESS));
             };
@@ -1386,6 +1400,52 @@ mod prog {
             dir,
             rule_id: e.rule_id,
         })
+    }
+
+    /// A connection attempt (TCP SYN without ACK) that the rules allowed as `v`: the
+    /// verdict on it, after opening its flow or continuing the live one it belongs
+    /// to. A live flow of the current generation that is not closed holds the attempt
+    /// as a retransmission (or, from the responder, the other half of a simultaneous
+    /// open) and passes it as `established`, as `ct_continue` would. Any other entry
+    /// under its key (expired, closed, allowed under an older generation, of another
+    /// protocol) is replaced by the new flow (the insert overwrites it): the rules
+    /// that would judge it again have just allowed the attempt, which opens a new
+    /// connection. Counted as `new` (and an expired one as `expired`), where
+    /// `ct_continue` counted a flow of an older generation as `revalidated`.
+    #[inline(always)]
+    fn ct_attempt(f: &mut Facts, v: &Verdict, cfg: &Config, now: u64) -> Verdict {
+        if !filter_clears(f, cfg, now) {
+            fill_ct_key(f);
+            if let Some(e) = ct_get(f) {
+                // SAFETY: a pointer into the map value, as in `ct_continue`.
+                let e = unsafe { &mut *e };
+                if now.saturating_sub(e.last_seen_ns) > cfg.ct.for_state_ns(e.state, e.proto) {
+                    ct_bump(CT_EXPIRED);
+                } else if e.proto == PROTO_TCP
+                    && e.generation == cfg.generation
+                    && e.state != CT_TCP_CLOSED
+                {
+                    let from_initiator = (e.initiator == 0) == (f.src_is_a != 0);
+                    if e.state == CT_TCP_SYN_SENT && !from_initiator {
+                        e.state = CT_TCP_ESTABLISHED;
+                    }
+                    e.last_seen_ns = now;
+                    filter_cover(f.filter_slot, now + cfg.ct.for_state_ns(e.state, PROTO_TCP));
+                    ct_bump(CT_HIT);
+                    return Verdict {
+                        reason: REASON_ESTABLISHED,
+                        dir: if from_initiator {
+                            e.dir
+                        } else {
+                            reverse(e.dir)
+                        },
+                        rule_id: e.rule_id,
+                    };
+                }
+            }
+        }
+        ct_open(f, v, cfg, now);
+        *v
     }
 
     /// Track a flow the policy just allowed (TCP, UDP, ICMP echo requests). A

@@ -601,6 +601,123 @@ fn a_reload_ends_the_flows_its_new_policy_denies() {
     assert_eq!(ct_stat(&h, "revalidated"), 1);
 }
 
+/// The state of the one flow with an endpoint on `port`, if there is one.
+fn flow_on_port(h: &Harness, port: u16) -> Option<&'static str> {
+    let flows: Vec<_> =
+        h.dp.flows()
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.port_a == port || k.port_b == port)
+            .collect();
+    assert!(flows.len() <= 1, "one flow on port {port}: {flows:?}");
+    flows
+        .first()
+        .map(|(_, v)| tagwall_common::ct::state_name(v.state))
+}
+
+/// A connection attempt (a SYN without ACK) is judged by the rules first: one they
+/// deny is dropped whatever the flow table holds for its key, and one they allow
+/// continues a live flow of its key or replaces whatever else the key holds.
+#[test]
+fn a_connection_attempt_is_judged_by_the_rules_before_the_flow_table() {
+    let t = CtTimeouts {
+        tcp_closed: 1,
+        ..CtTimeouts::default()
+    };
+    let gw = settings(&["10.0.0.0/8"], t);
+    let mut h = Harness::with(rules(), &gw);
+    let (c, s) = ("10.0.0.2", "203.0.113.10");
+    // A packet of the client's (`out`) or the server's (`back`) end, its verdict and
+    // rule (the web rule unless nothing matched).
+    let send = |h: &mut Harness, what: &str, out: bool, flags: u8, reason: u8| {
+        let rule = if reason == REASON_NO_MATCH { 0 } else { WEB };
+        let (f, dir) = if out {
+            (tcp(c, 40030, s, 443, flags), DIR_EGRESS)
+        } else {
+            (tcp(s, 443, c, 40030, flags), DIR_INGRESS)
+        };
+        expect(h, Prog::Xdp, what, &f, reason, rule, dir);
+    };
+
+    // A SYN from the responder's side of a live flow (the other half of a
+    // simultaneous open) is an attempt of its own, which no inbound rule allows;
+    // before the rules came first, the flow passed it and became established.
+    send(&mut h, "SYN", true, SYN, REASON_ALLOWED);
+    let hits = ct_stat(&h, "hit");
+    send(
+        &mut h,
+        "SYN from the responder",
+        false,
+        SYN,
+        REASON_NO_MATCH,
+    );
+    assert_eq!(
+        ct_stat(&h, "hit"),
+        hits,
+        "the flow did not see the denied SYN"
+    );
+    assert_eq!(flow_on_port(&h, 40030), Some("syn_sent"));
+    // With every presence-filter slot stamped (each one looks the table up), the
+    // same: the denied attempt never gets there.
+    tagwall_tests::harness::stamp_ct_filter(&h.dp, u64::MAX).unwrap();
+    let what = "SYN from the responder, filter slots taken";
+    send(&mut h, what, false, SYN, REASON_NO_MATCH);
+    assert_eq!(ct_stat(&h, "hit"), hits);
+    // The flow carries on: the SYN-ACK and a retransmitted SYN from the initiator
+    // (allowed, a live flow of its key) pass as established.
+    send(&mut h, "SYN-ACK", false, SYN_ACK, REASON_ESTABLISHED);
+    send(&mut h, "SYN again", true, SYN, REASON_ESTABLISHED);
+    assert_eq!(flow_on_port(&h, 40030), Some("established"));
+    tagwall_tests::harness::stamp_ct_filter(&h.dp, 0).unwrap();
+
+    // Closed: an attempt on the same ports opens a new flow (within the closed
+    // timeout), and after it an attempt replaces the expired entry.
+    send(&mut h, "RST", true, RST, REASON_ESTABLISHED);
+    assert_eq!(flow_on_port(&h, 40030), Some("closed"));
+    let new = ct_stat(&h, "new");
+    send(&mut h, "SYN reusing the ports", true, SYN, REASON_ALLOWED);
+    assert_eq!(flow_on_port(&h, 40030), Some("syn_sent"));
+    assert_eq!(ct_stat(&h, "new"), new + 1);
+    send(&mut h, "RST again", true, RST, REASON_ESTABLISHED);
+    std::thread::sleep(Duration::from_millis(1300));
+    let expired = ct_stat(&h, "expired");
+    send(
+        &mut h,
+        "SYN after the closed timeout",
+        true,
+        SYN,
+        REASON_ALLOWED,
+    );
+    assert_eq!(ct_stat(&h, "expired"), expired + 1);
+    assert_eq!(ct_stat(&h, "new"), new + 2);
+    assert_eq!(flow_on_port(&h, 40030), Some("syn_sent"));
+
+    // A flow of an older policy generation: a retransmitted SYN the new rules allow
+    // opens the flow anew (not `revalidated`); one they deny is dropped and leaves
+    // the old entry to its timeout, which no packet of it outlives (the next
+    // packet of the flow revokes it).
+    h.reapply_with(rules(), &gw);
+    let revalidated = ct_stat(&h, "revalidated");
+    send(&mut h, "SYN after a reload", true, SYN, REASON_ALLOWED);
+    assert_eq!(ct_stat(&h, "new"), new + 3);
+    assert_eq!(ct_stat(&h, "revalidated"), revalidated);
+    let without_web: Vec<Rule> = rules().into_iter().filter(|r| r.id != WEB).collect();
+    h.reapply_with(without_web, &gw);
+    let what = "SYN after a reload without the rule";
+    send(&mut h, what, true, SYN, REASON_NO_MATCH);
+    assert_eq!(flow_on_port(&h, 40030), Some("syn_sent"));
+    let revoked = ct_stat(&h, "revoked");
+    send(
+        &mut h,
+        "the responder's SYN-ACK",
+        false,
+        SYN_ACK,
+        REASON_NO_MATCH,
+    );
+    assert_eq!(ct_stat(&h, "revoked"), revoked + 1);
+    assert_eq!(flow_on_port(&h, 40030), None);
+}
+
 /// The protocol is kept in the flow's value, not in its key (tagwall_common::ct): a
 /// packet of another protocol between the same ends and ports is not of the flow,
 /// and a flow the policy allows replaces another protocol's flow of the same key.
@@ -990,7 +1107,19 @@ fn the_flow_cache_serves_only_what_the_table_would_say() {
         n,
         "a SYN (a connection attempt) is never served from the cache"
     );
-    // The initiator's other packets are (as after a SYN-ACK on another CPU).
+    // The initiator's other packets are (as after a SYN-ACK on another CPU), once
+    // the table path cached the flow: an attempt's table visit does not fill the
+    // cache.
+    expect(
+        &mut h,
+        x,
+        "ACK in SYN_SENT (table)",
+        &out(ACK),
+        REASON_ESTABLISHED,
+        WEB,
+        DIR_EGRESS,
+    );
+    assert_eq!(cached(&h), n, "the first ACK takes the table path");
     expect(
         &mut h,
         x,
