@@ -21,7 +21,7 @@ use tagwall::{
     dataplane::{Dataplane, LoadOptions, Settings},
     rules::{Direction, PortRange, Proto, Rule},
 };
-use tagwall_tests::pkt::{TCP_ACK, tcp4, tcp4_flags, tcp6, tcp6_flags};
+use tagwall_tests::pkt::{TCP_ACK, tcp4, tcp4_flags, tcp6, tcp6_flags, udp4, udp6};
 
 const XDP_PASS: u32 = 2;
 const XDP_DROP: u32 = 1;
@@ -240,6 +240,25 @@ fn frames(hit4: Ipv4Addr, hit6: Ipv6Addr) -> Vec<(String, Vec<u8>, u32)> {
     ]
 }
 
+/// Denied packets that are not connection attempts: UDP datagrams (QUIC) to the miss
+/// addresses. With tracking on, such a packet may be a reply of a flow, so unlike a
+/// denied SYN it meets the flow cache (in stage 1) and the presence filter, and on a
+/// taken filter slot the flow table. Measured where tracking is on.
+fn denied_datagrams() -> Vec<(String, Vec<u8>, u32)> {
+    vec![
+        (
+            "v4 miss udp/443".into(),
+            udp4(Ipv4Addr::new(198, 18, 0, 1), 443),
+            XDP_DROP,
+        ),
+        (
+            "v6 miss udp/443".into(),
+            udp6("2001:db8::1".parse().expect("literal"), 443),
+            XDP_DROP,
+        ),
+    ]
+}
+
 struct Control {
     case: String,
     rules: usize,
@@ -351,11 +370,12 @@ fn bench_case(
     };
     dp.apply(&policy, &tracked)?;
     warm_up(&mut dp, None)?;
-    for (label, frame, expect) in &case.frames {
+    let datagrams = denied_datagrams();
+    for (label, frame, expect) in case.frames.iter().chain(&datagrams) {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
         row("XDP conntrack", label, m);
     }
-    for (label, frame, expect) in &case.frames {
+    for (label, frame, expect) in case.frames.iter().chain(&datagrams) {
         let m = measure_pair(&mut dp, Hook::TcEgress, frame, *expect, o)?;
         row("TC conntrack", label, m);
     }
@@ -377,11 +397,13 @@ fn bench_case(
     }
     // A denied packet finds no flow through the presence filter unless a live flow
     // stamped its slot; then it pays the table lookup as every denied packet did
-    // before the filter.
+    // before the filter. A denied connection attempt (SYN) never gets that far: the
+    // rules judge it first.
     dp.apply(&policy, &tracked)?;
     tagwall_tests::harness::stamp_ct_filter(&dp, u64::MAX)?;
     warm_up(&mut dp, None)?;
-    for (label, frame, expect) in case.frames.iter().filter(|f| f.2 == XDP_DROP) {
+    let denied = case.frames.iter().filter(|f| f.2 == XDP_DROP);
+    for (label, frame, expect) in denied.chain(&datagrams) {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
         row(FILTER_TAKEN, label, m);
     }
@@ -508,12 +530,16 @@ fn report(
          served from this CPU's flow cache (refreshed from the flow table every 50 ms, \
          about once per run); \"no flow cache\": the same with the cache off \
          (`cache_refresh_ms = 0`), i.e. every tracked packet looks its flow table up, as \
-         a packet does when the cache misses. A denied packet skips the flow-table \
-         lookup when the presence filter says no live flow can be in it (its slot \
-         holds no stamp of a live flow: the benchmark's tables hold a few flows only); \
-         \"filter slot taken\": the same packets with every slot stamped, as in a table \
-         far fuller than the filter, so each one looks the table up (the cost before \
-         the filter). Drop reporting is off in these rows \
+         a packet does when the cache misses. Allowed packets are ACKs of an \
+         established connection, denied ones SYNs (connection attempts), which the \
+         rules judge before connection tracking, so a denied one never reaches the flow \
+         cache, the presence filter or the flow table; \"miss udp/443\": a denied \
+         datagram, which may be a flow's reply, so it meets the flow cache (stage 1) and \
+         skips the flow-table lookup when the presence filter says no live flow can be \
+         in it (its slot holds no stamp of a live flow: the benchmark's tables hold a few \
+         flows only); \"filter slot taken\": the denied packets with every slot stamped, \
+         as in a table far fuller than the filter, so each datagram looks the table up \
+         (the cost before the filter). Drop reporting is off in these rows \
          (`[reports] top_denied_entries = 0`); \"top-denied on\": denied packets with \
          the default reporting of `tagwall run` (each drop counted in the top-denied \
          LRU table). \"directional\": a gateway with internal prefixes (10.0.0.0/16 \
