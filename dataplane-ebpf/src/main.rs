@@ -1293,8 +1293,8 @@ mod prog {
             return None;
         }
         // The canonical key only now, for the table: neither a packet the cache
-        // serves nor a denied packet that the filter clears (the common drop) needs
-        // it.
+        // serves nor a denied packet that the filter clears (a denied attempt does
+        // not come here at all) needs it.
         fill_ct_key(f);
         let f = &*f;
         let src_is_a = f.src_is_a != 0;

@@ -721,7 +721,8 @@ fn report(
          address family with small keys, no BPF-to-BPF calls on a packet's path, no \
          memset calls, a per-CPU flow cache in front of the flow tables, IPv6 shortcut \
          records, a flow key built only for the flow table, one counter update per \
-         packet, the settings read without a map lookup) and what is left. Parsing alone (the stage 1 rows above) is already {lo:.1}-{hi:.1}x \
+         packet, the settings read without a map lookup, connection attempts judged by \
+         the rules before connection tracking) and what is left. Parsing alone (the stage 1 rows above) is already {lo:.1}-{hi:.1}x \
          the floor in this run, which leaves the 2x target next to nothing for the \
          decision."
     );
