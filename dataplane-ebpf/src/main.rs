@@ -639,7 +639,7 @@ mod prog {
         // judged anew anyway, or as the responder's SYN of a simultaneous open, which
         // the rules judge like any other attempt. An allowed attempt goes on to the
         // table (`ct_attempt`).
-        let attempt = f.h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let attempt = is_attempt(f);
         let mut now = 0;
         if tracking && f.h.has_flow != 0 && !attempt {
             if f.probe == PROBE_NONE {
@@ -1359,11 +1359,8 @@ mod prog {
                 }
                 e.state = CT_TCP_CLOSED;
             } else if e.state == CT_TCP_CLOSED {
-                if fl & TCP_SYN != 0 && fl & TCP_ACK == 0 && from_initiator {
-                    // The ports are reused for a new connection: judge it anew.
-                    ct_remove(f);
-                    return None;
-                }
+                // Stays closed until it expires. An attempt that reuses the ports
+                // never comes here (`ct_attempt` replaces the entry).
             } else if fl & TCP_FIN != 0 {
                 e.fin |= if src_is_a { CT_FIN_A } else { CT_FIN_B };
                 if e.fin == CT_FIN_A | CT_FIN_B {
@@ -1378,9 +1375,7 @@ mod prog {
         } else if e.state == CT_UNREPLIED && !from_initiator {
             e.state = CT_REPLIED;
         }
-        e.last_seen_ns = now;
-        filter_cover(f.filter_slot, now + cfg.ct.for_state_ns(e.state, f.h.proto));
-        ct_bump(CT_HIT);
+        ct_touch(f, e, f.h.proto, cfg, now);
         // The slot is looked up again here, not carried from the probe above (which
         // stage 1 may have done instead): a maybe-missing slot kept across the table
         // path made the verifier walk it twice. Not at all with the cache off.
@@ -1390,16 +1385,39 @@ mod prog {
                 cache_fill(unsafe { &mut *c }, cache_tag(f), f, e, cfg, now);
             }
         }
-        let dir = if from_initiator {
-            e.dir
-        } else {
-            reverse(e.dir)
-        };
-        Some(Verdict {
+        Some(established(e, from_initiator))
+    }
+
+    /// The table visit of a live flow's packet: its last-seen time, its presence
+    /// filter stamp (by the timeout of its state in `proto`) and the `hit` counter.
+    #[inline(always)]
+    fn ct_touch(f: &Facts, e: &mut CtValue, proto: u8, cfg: &Config, now: u64) {
+        e.last_seen_ns = now;
+        filter_cover(f.filter_slot, now + cfg.ct.for_state_ns(e.state, proto));
+        ct_bump(CT_HIT);
+    }
+
+    /// The verdict on a packet of the live flow `e`: established, in the direction
+    /// the flow was allowed in (from its initiator) or the reverse, credited to the
+    /// flow's rule.
+    #[inline(always)]
+    fn established(e: &CtValue, from_initiator: bool) -> Verdict {
+        Verdict {
             reason: REASON_ESTABLISHED,
-            dir,
+            dir: if from_initiator {
+                e.dir
+            } else {
+                reverse(e.dir)
+            },
             rule_id: e.rule_id,
-        })
+        }
+    }
+
+    /// A connection attempt: a TCP SYN without ACK, which only an initiator sends
+    /// (`tcp_flags` is 0 for other protocols).
+    #[inline(always)]
+    fn is_attempt(f: &Facts) -> bool {
+        f.h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 
     /// A connection attempt (TCP SYN without ACK) that the rules allowed as `v`: the
@@ -1429,18 +1447,8 @@ mod prog {
                     if e.state == CT_TCP_SYN_SENT && !from_initiator {
                         e.state = CT_TCP_ESTABLISHED;
                     }
-                    e.last_seen_ns = now;
-                    filter_cover(f.filter_slot, now + cfg.ct.for_state_ns(e.state, PROTO_TCP));
-                    ct_bump(CT_HIT);
-                    return Verdict {
-                        reason: REASON_ESTABLISHED,
-                        dir: if from_initiator {
-                            e.dir
-                        } else {
-                            reverse(e.dir)
-                        },
-                        rule_id: e.rule_id,
-                    };
+                    ct_touch(f, e, PROTO_TCP, cfg, now);
+                    return established(e, from_initiator);
                 }
             }
         }
@@ -1459,11 +1467,10 @@ mod prog {
         }
         fill_ct_key(f);
         let state = if f.h.proto == PROTO_TCP {
-            let fl = f.h.tcp_flags;
-            if fl & TCP_RST != 0 {
+            if f.h.tcp_flags & TCP_RST != 0 {
                 return;
             }
-            if fl & TCP_SYN != 0 && fl & TCP_ACK == 0 {
+            if is_attempt(f) {
                 CT_TCP_SYN_SENT
             } else {
                 // Picked up mid-stream (e.g. started after the connection was).
