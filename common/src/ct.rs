@@ -57,10 +57,10 @@
 //! and the entry is fresh: at
 //! most [`CtTimeouts::cache_refresh_ms`] (or half the state's timeout, if shorter)
 //! since the table was last consulted; 0 turns the cache off. Every other packet
-//! takes the table path, which refills the slot. The parsing program (stage 1)
+//! takes the table path, which refills the slot. The parsing stage (stage 1)
 //! probes the cache itself for a packet an established flow sends (TCP with ACK and
-//! without SYN, FIN or RST; UDP; ICMP echo) and passes it there, without the tail
-//! call; every packet while fast forwarding is on (which stage 2 does) is probed by
+//! without SYN, FIN or RST; UDP; ICMP echo) and passes it there, without stage 2's
+//! entry; every packet while fast forwarding is on (which stage 2 does) is probed by
 //! stage 2, which also does the table path. So what the table shows is at most
 //! that long behind this CPU: a flow's
 //! `last_seen_ns` lags by up to the refresh time (the table path takes the cache's

@@ -65,13 +65,8 @@ pub mod names {
     pub const PROG_TC_INGRESS: &str = "tagwall_tc_ingress";
     /// Gateway mode: the gateway's own outbound traffic, on TC egress.
     pub const PROG_TC_LOCAL: &str = "tagwall_tc_local";
-    /// Stage 2 (policy and tracking), reached by tail call from the programs above.
-    pub const PROG_XDP_DECIDE: &str = "tagwall_xdp_decide";
-    pub const PROG_TC_DECIDE: &str = "tagwall_tc_decide";
-    /// The tail-call tables (one entry each: the stage-2 program).
-    pub const MAP_JUMP_XDP: &str = "JUMP_XDP";
-    pub const MAP_JUMP_TC: &str = "JUMP_TC";
-    /// Per-CPU scratch that carries a packet's parsed facts from stage 1 to stage 2.
+    /// Per-CPU scratch that carries a packet's parsed facts from stage 1 (parse) to
+    /// stage 2 (policy and tracking) of a program.
     pub const MAP_FACTS: &str = "FACTS";
     /// Denied-flow events (ring buffer), their rate limit and counters.
     pub const MAP_EVENTS: &str = "EVENTS";

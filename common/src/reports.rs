@@ -2,7 +2,7 @@
 //! denied destinations.
 //!
 //! # Events
-//! Stage 2 (the programs that know a packet's addresses and ports) emits one
+//! Stage 2 (the part of the programs that knows a packet's addresses and ports) emits one
 //! [`DenyEvent`] into the `EVENTS` ring buffer for every IP packet it drops, or
 //! passes in audit mode although the policy would drop it. A per-CPU token bucket
 //! ([`TokenBucket`], configured by [`ReportConfig`]) limits the rate, so a flood

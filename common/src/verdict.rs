@@ -27,8 +27,8 @@ pub const REASON_FRAGMENT: u8 = 11;
 /// Dropped: an IPv6 extension-header chain longer than the datapath walks.
 pub const REASON_EXT_HDR_LIMIT: u8 = 12;
 
-/// Dropped: the datapath could not finish (its stage-2 program is missing from the
-/// jump table). Never expected; counted so it cannot go unnoticed.
+/// Dropped: the datapath could not finish (the lookup of its per-CPU scratch or of a
+/// flow cache slot failed). Never expected; counted so it cannot go unnoticed.
 pub const REASON_INTERNAL: u8 = 13;
 
 /// Number of reason slots per direction and audit mode in `REASON_STATS`.

@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{
         Array, DevMapHash, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues,
-        ProgramArray, lpm_trie::Key,
+        lpm_trie::Key,
     },
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -51,11 +51,14 @@ pub static EBPF_OBJECT: &[u8] =
 pub const OLD_SLOT_GRACE: Duration = Duration::from_millis(5);
 
 /// Maps pinned in bpffs (so `tagwall counters` and a restarted daemon find them).
-/// The tail-call tables must be pinned too: the kernel empties a program array when
-/// the last user-space reference to it goes, which would break the attached
-/// programs when the daemon exits; `FACTS` joins the two stages, so both must see
-/// the same one after a restart.
-pub const PINNED_MAPS: [&str; 22] = [
+/// `FACTS` is a program's own scratch since one program runs both stages; it stays
+/// pinned, as when it joined two programs, so that an earlier run's pin is checked
+/// and adopted, not left behind. A pin directory written by a version with the
+/// stages in two programs also holds their tail-call tables (`JUMP_XDP`,
+/// `JUMP_TC`): this list leaves them alone, as the programs of such a run, when a
+/// restart adopts their links, still jump through them; [`remove_pins`] removes
+/// them with the rest.
+pub const PINNED_MAPS: [&str; 20] = [
     names::MAP_POLICY_V4,
     names::MAP_POLICY_V6,
     names::MAP_LOOKUP,
@@ -70,8 +73,6 @@ pub const PINNED_MAPS: [&str; 22] = [
     names::MAP_CT_FILTER,
     names::MAP_FWD_PORTS,
     names::MAP_FWD_STATS,
-    names::MAP_JUMP_XDP,
-    names::MAP_JUMP_TC,
     names::MAP_FACTS,
     names::MAP_EVENTS,
     names::MAP_EVENT_STATS,
@@ -100,8 +101,6 @@ pub enum DataplaneError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("duplicating a program fd for the tail-call table: {0}")]
-    ProgFd(#[source] std::io::Error),
     #[error("program {name} is missing from the eBPF object")]
     MissingProgram { name: &'static str },
     #[error("map {name} is missing from the eBPF object")]
@@ -360,34 +359,6 @@ fn filter_from_ns(prev: &DpConfig, next: &DpConfig, unstamped: bool, now_ns: u64
     }
 }
 
-/// Put the loaded stage-2 programs into the tail-call tables (`on`), or take them
-/// out. Loading links them; the benchmark unlinks them to measure stage 1 alone.
-fn link_stage2(ebpf: &mut Ebpf, on: bool) -> Result<()> {
-    for (map_name, prog_name) in [
-        (names::MAP_JUMP_XDP, names::PROG_XDP_DECIDE),
-        (names::MAP_JUMP_TC, names::PROG_TC_DECIDE),
-    ] {
-        let fd = ebpf
-            .program(prog_name)
-            .ok_or(DataplaneError::MissingProgram { name: prog_name })?
-            .fd()
-            .map_err(verifier(prog_name))?
-            .try_clone()
-            .map_err(DataplaneError::ProgFd)?;
-        let map = ebpf
-            .map_mut(map_name)
-            .ok_or(DataplaneError::MissingMap { name: map_name })?;
-        let mut jump: ProgramArray<&mut MapData> =
-            ProgramArray::try_from(map).map_err(map_err(map_name))?;
-        if on {
-            jump.set(0, &fd, 0).map_err(map_err(map_name))?;
-        } else {
-            jump.clear_index(&0).map_err(map_err(map_name))?;
-        }
-    }
-    Ok(())
-}
-
 /// Load an XDP program of the object.
 fn load_xdp(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
     let prog: &mut Xdp = ebpf
@@ -564,12 +535,9 @@ impl Dataplane {
             }
         };
         load_xdp(&mut ebpf, names::PROG_XDP)?;
-        load_xdp(&mut ebpf, names::PROG_XDP_DECIDE)?;
         load_tc(&mut ebpf, names::PROG_TC_EGRESS)?;
         load_tc(&mut ebpf, names::PROG_TC_INGRESS)?;
         load_tc(&mut ebpf, names::PROG_TC_LOCAL)?;
-        load_tc(&mut ebpf, names::PROG_TC_DECIDE)?;
-        link_stage2(&mut ebpf, true)?;
         let (mapping, entries) = map_lookup(&ebpf)?;
         let use_nodes = opts.lookup_nodes.clamp(
             tagwall_common::stride::FIRST_NODE + 2,
@@ -1052,17 +1020,6 @@ impl Dataplane {
             self.insert_prefix(slot, *dir, *net, value)?;
         }
         Ok(None)
-    }
-
-    /// Unlink (`false`) or relink (`true`) the stage-2 programs from the tail-call
-    /// tables. Unlinked, a packet that stage 1 parses ends there as `internal`: the
-    /// benchmark measures what parsing alone costs that way. Never on a live
-    /// datapath.
-    ///
-    /// # Errors
-    /// Map errors.
-    pub fn link_second_stage(&mut self, on: bool) -> Result<()> {
-        link_stage2(&mut self.ebpf, on)
     }
 
     /// The active policy slot and the first `PORT_SETS` index of it.

@@ -21,8 +21,8 @@ mod prog {
         helpers::{bpf_fib_lookup as fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns},
         macros::{classifier, map, xdp},
         maps::{
-            Array, DevMapHash, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray,
-            RingBuf, lpm_trie::Key,
+            Array, DevMapHash, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
+            lpm_trie::Key,
         },
         programs::{TcContext, XdpContext},
     };
@@ -196,22 +196,28 @@ mod prog {
     #[inline(always)]
     fn config() -> &'static Config {
         let mut p = &raw const CONFIG;
-        // SAFETY: an empty instruction. It hides from LLVM that `p` is `CONFIG`,
-        // which this program never writes: nothing then allows LLVM to take its
-        // reads for the zero it starts as (its link-time optimisation may treat a
-        // global nobody writes as a constant), and the address is loaded once per
-        // program instead of once per use.
+        // SAFETY: a register moved onto itself. It hides from LLVM that `p` is
+        // `CONFIG`, which this program never writes: nothing then allows LLVM to
+        // take its reads for the zero it starts as (its link-time optimisation may
+        // treat a global nobody writes as a constant), and the address is loaded once
+        // per program instead of once per use. Not an empty instruction (a comment):
+        // that emitted a line-info record at the offset of the next instruction,
+        // which has one too, and the kernel rejects a program whose line info
+        // repeats an offset ("Invalid line_info").
         unsafe {
-            core::arch::asm!("/* {p} */", p = inout(reg) p, options(nostack, preserves_flags))
+            core::arch::asm!("{p} = {p}", p = inout(reg) p, options(nostack, preserves_flags))
         };
         // SAFETY: a live static; userspace rewrites it whole with a map update.
         unsafe { &*p }
     }
 
-    /// Gateway mode, stage 1: parse. Non-IP and unparsable packets get their verdict
-    /// here, and so do packets this CPU's flow cache serves (see [`stage1`]); other
-    /// IP packets continue in `tagwall_xdp_decide` by tail call.
+    /// Gateway mode. Stage 1 parses: non-IP and unparsable packets get their verdict
+    /// there, and so do packets this CPU's flow cache serves (see [`stage1`]); other
+    /// IP packets go on to stage 2, the policy and tracking ([`xdp_stage2`]).
     #[xdp]
+    // The macro wraps this body in the program's entry; inlined into it, the
+    // packet pays no BPF-to-BPF call (each costs ~5 ns here, docs/profiling.md).
+    #[inline(always)]
     pub fn tagwall_xdp(ctx: XdpContext) -> u32 {
         let verdict = match stage1(|| Cursor::new(ctx.data(), ctx.data_end()), Hook::Gateway) {
             Stage1::Ends(v) => v,
@@ -219,11 +225,7 @@ mod prog {
                 count_rule(&v, (ctx.data_end() - ctx.data()) as u64);
                 return xdp_action::XDP_PASS;
             }
-            Stage1::Decide => {
-                // SAFETY: the context is the program's own.
-                unsafe { JUMP_XDP.tail_call(&ctx, 0) };
-                Verdict::new(REASON_INTERNAL, DIR_EGRESS)
-            }
+            Stage1::Decide => return xdp_stage2(&ctx),
         };
         if verdict.reason == REASON_MALFORMED {
             debug!(&ctx, "tagwall: dropping unparsable packet");
@@ -233,11 +235,8 @@ mod prog {
     }
 
     /// Gateway mode, stage 2: policy and connection tracking on `FACTS`.
-    #[xdp]
-    // The macro wraps this body in the program's entry; inlined into it, the
-    // packet pays no BPF-to-BPF call (each costs ~5 ns here, docs/profiling.md).
     #[inline(always)]
-    pub fn tagwall_xdp_decide(ctx: XdpContext) -> u32 {
+    fn xdp_stage2(ctx: &XdpContext) -> u32 {
         let len = (ctx.data_end() - ctx.data()) as u64;
         let cfg = config();
         let v = decide(cfg);
@@ -247,7 +246,7 @@ mod prog {
             return xdp_act(pass);
         }
         if cfg.flags & CONFIG_F_FAST_FORWARD != 0 {
-            return fast_forward(&ctx, len);
+            return fast_forward(ctx, len);
         }
         xdp_act(pass)
     }
@@ -406,12 +405,16 @@ mod prog {
 
     /// Host mode, the host's own outbound traffic.
     #[classifier]
+    // Inlined into the macro's entry, as `tagwall_xdp`.
+    #[inline(always)]
     pub fn tagwall_tc_egress(ctx: TcContext) -> i32 {
         tc(&ctx, Hook::HostEgress)
     }
 
     /// Host mode, traffic to the host.
     #[classifier]
+    // Inlined into the macro's entry, as `tagwall_xdp`.
+    #[inline(always)]
     pub fn tagwall_tc_ingress(ctx: TcContext) -> i32 {
         tc(&ctx, Hook::HostIngress)
     }
@@ -420,6 +423,8 @@ mod prog {
     /// outbound traffic (its DNS upstream queries, SSH replies, ...). Forwarded packets
     /// were judged by XDP where they came in and pass untouched and uncounted here.
     #[classifier]
+    // Inlined into the macro's entry, as `tagwall_xdp`.
+    #[inline(always)]
     pub fn tagwall_tc_local(ctx: TcContext) -> i32 {
         // SAFETY: the context's skb pointer is valid for the program's run.
         let ingress_ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
@@ -429,12 +434,10 @@ mod prog {
         tc(&ctx, Hook::GatewayLocal)
     }
 
-    /// Host mode, stage 2 (both directions; the hook is in `FACTS`).
-    #[classifier]
-    // The macro wraps this body in the program's entry; inlined into it, the
-    // packet pays no BPF-to-BPF call (each costs ~5 ns here, docs/profiling.md).
+    /// TC programs, stage 2: policy and connection tracking on `FACTS` (the hook is
+    /// there too).
     #[inline(always)]
-    pub fn tagwall_tc_decide(ctx: TcContext) -> i32 {
+    fn tc_stage2(ctx: &TcContext) -> i32 {
         let cfg = config();
         let len = u64::from(ctx.len());
         let v = decide(cfg);
@@ -464,11 +467,7 @@ mod prog {
                 count_rule(&v, u64::from(len));
                 return TC_ACT_OK as i32;
             }
-            Stage1::Decide => {
-                // SAFETY: the context is the program's own.
-                unsafe { JUMP_TC.tail_call(ctx, 0) };
-                Verdict::new(REASON_INTERNAL, hook_dir(hook))
-            }
+            Stage1::Decide => return tc_stage2(ctx),
         };
         tc_act(finish_stage1(&verdict, u64::from(len), config().audit != 0))
     }
@@ -484,8 +483,9 @@ mod prog {
 
     /// Parse into `FACTS` for stage 2, or return the verdict of a packet that ends
     /// here. A packet an established flow sends is first looked for in this CPU's
-    /// flow cache: served there, it skips the tail call and stage 2's entry, about
-    /// 3 ns of the 40 such a packet cost (docs/profiling.md, eleventh round).
+    /// flow cache: served there, it skips stage 2's entry (when a tail call joined
+    /// the stages, that saved about 3 ns of the 40 such a packet cost,
+    /// docs/profiling.md, eleventh round).
     /// `packet` reads the packet's bounds after the `FACTS` lookup:
     /// read before it, they stayed live across the helper call, which clobbers the
     /// argument registers, and went through the stack.
@@ -551,18 +551,14 @@ mod prog {
     /// decides with the flow table.
     const PROBE_HELD: u8 = 2;
 
-    /// Stage 2 programs. A program array belongs to one program type, so XDP and TC
-    /// have one each.
-    #[map]
-    static JUMP_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
-    #[map]
-    static JUMP_TC: ProgramArray = ProgramArray::with_max_entries(1, 0);
-
     /// What stage 2 (policy, tracking) needs from a packet, passed from stage 1
-    /// (parse) in the per-CPU `FACTS` map. Two programs joined by a tail call are
-    /// verified separately: verified as one, the policy and tracking code was checked
-    /// once per parse path (VLAN tags x extension headers x protocols) and exceeded
-    /// the verifier's complexity limit.
+    /// (parse) in the per-CPU `FACTS` map. Both stages are one program, and stage 2
+    /// reads every fact back from the map, so where the parse paths (VLAN tags x
+    /// extension headers x protocols) meet, the verifier finds the same state on
+    /// each (only the context and the map are live) and walks stage 2 once, not once
+    /// per path: about the two stages' counts added (BENCHMARKS.md, "Verifier
+    /// headroom"). Until the thirteenth round (docs/profiling.md) a tail call
+    /// joined two programs, which cost 1-3 ns per packet.
     #[repr(C)]
     pub struct Facts {
         /// The packet's headers, as stage 1 parsed them, and its hook.
@@ -1224,7 +1220,7 @@ mod prog {
     }
 
     /// Serve the packet from the cache slot `c` of its flow, if it can (the one place
-    /// both stages do so: stage 1 before the tail call, stage 2 when stage 1 did not
+    /// both stages do so: stage 1 before the policy, stage 2 when stage 1 did not
     /// probe or found the slot `Held`).
     #[inline(always)]
     fn cache_serve(c: &mut FlowCacheEntry, f: &Facts, cfg: &Config, now: u64) -> Cached {

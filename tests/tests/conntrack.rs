@@ -1401,7 +1401,7 @@ fn the_flow_cache_serves_only_what_the_table_would_say() {
 
 /// `cache_refresh_ms = 0`: no packet is served from the flow cache.
 /// Host mode serves a flow from the cache as the gateway does (stage 1 of the TC
-/// programs, before the tail call, for a TCP packet with ACK and without SYN, FIN or
+/// programs, before the policy, for a TCP packet with ACK and without SYN, FIN or
 /// RST): both hooks, each packet counted for its rule and direction.
 #[test]
 fn host_mode_serves_established_packets_from_the_flow_cache() {

@@ -85,9 +85,7 @@ where
     Ok(r.duration.as_nanos() as f64)
 }
 
-/// Mode of the rows that measure stage 1 (parsing) alone.
-const STAGE1: &str = "XDP stage 1 only";
-/// Unreported runs after each change of the datapath's state (load, apply, relink).
+/// Unreported runs after each change of the datapath's state (load, apply).
 const WARM_UP_RUNS: usize = 5;
 /// Warm-up time after a load, before the first reported row.
 const WARM_UP_AFTER_LOAD: Duration = Duration::from_secs(3);
@@ -330,38 +328,29 @@ fn bench_case(
         });
     };
     // Runs not reported, after every change of the datapath's state below: the first
-    // row after a load, an apply or a relink measured up to half again as slow as the
+    // row after a load or an apply measured up to half again as slow as the
     // same row later (docs/profiling.md, "Noise").
-    let warm_up = |dp: &mut Dataplane, expect_xdp: Option<u32>| -> anyhow::Result<()> {
+    let warm_up = |dp: &mut Dataplane| -> anyhow::Result<()> {
         let warm = Opts {
             runs: WARM_UP_RUNS,
             ..o.clone()
         };
         if let Some((_, frame, expect)) = case.frames.first() {
-            measure_pair(dp, Hook::Xdp, frame, expect_xdp.unwrap_or(*expect), &warm)?;
+            measure_pair(dp, Hook::Xdp, frame, *expect, &warm)?;
         }
         Ok(())
     };
-    warm_up(&mut dp, None)?;
+    warm_up(&mut dp)?;
     // After the load, for a while longer: the first rows measured in the two seconds
     // after it ran up to 40% slower, floor included, in some passes (with five runs
     // of warm-up only; docs/profiling.md, "Noise").
     while loaded.elapsed() < WARM_UP_AFTER_LOAD {
-        warm_up(&mut dp, None)?;
+        warm_up(&mut dp)?;
     }
     for (label, frame, expect) in &case.frames {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
         row("XDP stateless", label, m);
     }
-    // Stage 1 alone (the tail call finds no stage 2, the packet drops as `internal`):
-    // what parsing costs, so the rest of a stateless row is the policy decision.
-    dp.link_second_stage(false)?;
-    warm_up(&mut dp, Some(XDP_DROP))?;
-    for (label, frame, _) in &case.frames {
-        let m = measure_pair(&mut dp, Hook::Xdp, frame, XDP_DROP, o)?;
-        row(STAGE1, label, m);
-    }
-    dp.link_second_stage(true)?;
     // Connection tracking on (the default): a repeated allowed packet is a tracked
     // flow after the first; a denied one looks the flow table up, then the policy.
     let tracked = Settings {
@@ -369,7 +358,7 @@ fn bench_case(
         ..Settings::stateless(false)
     };
     dp.apply(&policy, &tracked)?;
-    warm_up(&mut dp, None)?;
+    warm_up(&mut dp)?;
     let datagrams = denied_datagrams();
     for (label, frame, expect) in case.frames.iter().chain(&datagrams) {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
@@ -390,7 +379,7 @@ fn bench_case(
         ..Settings::stateless(false)
     };
     dp.apply(&policy, &uncached)?;
-    warm_up(&mut dp, None)?;
+    warm_up(&mut dp)?;
     for (label, frame, expect) in &case.frames {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
         row(NO_CACHE, label, m);
@@ -401,7 +390,7 @@ fn bench_case(
     // rules judge it first.
     dp.apply(&policy, &tracked)?;
     tagwall_tests::harness::stamp_ct_filter(&dp, u64::MAX)?;
-    warm_up(&mut dp, None)?;
+    warm_up(&mut dp)?;
     let denied = case.frames.iter().filter(|f| f.2 == XDP_DROP);
     for (label, frame, expect) in denied.chain(&datagrams) {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
@@ -425,7 +414,7 @@ fn bench_case(
             ..settings
         };
         dp.apply(&policy, &settings)?;
-        warm_up(&mut dp, None)?;
+        warm_up(&mut dp)?;
         for (label, frame, expect) in &case.frames {
             let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
             row(mode, label, m);
@@ -437,7 +426,7 @@ fn bench_case(
     dp.apply(&policy, &tracked)?;
     let reports = tagwall::reports::config::ReportsConfig::default();
     dp.set_report_config(reports.datapath(tagwall::reports::config::online_cpus()))?;
-    warm_up(&mut dp, None)?;
+    warm_up(&mut dp)?;
     for (label, frame, expect) in case.frames.iter().filter(|f| f.2 == XDP_DROP) {
         let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
         row(REPORTS_ON, label, m);
@@ -564,35 +553,6 @@ fn report(
             r.case, r.mode, r.packet, r.ns, r.floor_ns, r.ratio
         );
     }
-    let _ = writeln!(s, "\n### Where the time goes (XDP, stateless)\n");
-    let _ = writeln!(
-        s,
-        "From the rows above: *parse* = stage 1 alone minus its floor (Ethernet, VLAN, \
-         IP and L4 headers, the facts written for stage 2, the tail call); *decide* = the \
-         whole stateless packet minus stage 1 alone (policy lookup, port set, counters).\n"
-    );
-    let _ = writeln!(
-        s,
-        "| policy | packet | floor ns | parse ns | decide ns | total ns |"
-    );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
-    for full in rows.iter().filter(|r| r.mode == "XDP stateless") {
-        if let Some(s1) = rows
-            .iter()
-            .find(|r| r.mode == STAGE1 && r.case == full.case && r.packet == full.packet)
-        {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                full.case,
-                full.packet,
-                s1.floor_ns,
-                s1.ns - s1.floor_ns,
-                full.ns - s1.ns,
-                full.ns
-            );
-        }
-    }
     let _ = writeln!(s, "\n### Targets (worst packet of the policy)\n");
     for (prefix, target) in [("AML default", 2.0), ("full Public tags", 4.0)] {
         for mode in [
@@ -693,15 +653,6 @@ fn report(
             s_total * 1e3
         );
     }
-    let stage1: Vec<f64> = rows
-        .iter()
-        .filter(|r| r.mode == STAGE1)
-        .map(|r| r.ratio)
-        .collect();
-    let (lo, hi) = (
-        stage1.iter().copied().fold(f64::INFINITY, f64::min),
-        stage1.iter().copied().fold(0.0f64, f64::max),
-    );
     if o.section != "all" {
         let _ = writeln!(
             s,
@@ -722,9 +673,10 @@ fn report(
          memset calls, a per-CPU flow cache in front of the flow tables, IPv6 shortcut \
          records, a flow key built only for the flow table, one counter update per \
          packet, the settings read without a map lookup, connection attempts judged by \
-         the rules before connection tracking) and what is left. Parsing alone (the stage 1 rows above) is already {lo:.1}-{hi:.1}x \
-         the floor in this run, which leaves the 2x target next to nothing for the \
-         decision."
+         the rules before connection tracking, both stages in one program) and what is \
+         left. Parsing alone measured 1.4-1.5x the floor while the stages were two \
+         programs (the last time it could be measured apart), which leaves the 2x \
+         target little room for the decision."
     );
     s
 }

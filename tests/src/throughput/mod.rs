@@ -918,39 +918,6 @@ fn json(c: &mut Command) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-/// The program id of a `bpftool -j map dump` entry of a program array: a number
-/// (with BTF, under "formatted") or little-endian hex bytes.
-fn prog_array_value(e: &serde_json::Value) -> Option<u64> {
-    if let Some(v) = e["formatted"]["value"]
-        .as_u64()
-        .or_else(|| e["value"].as_u64())
-    {
-        return Some(v);
-    }
-    let bytes: Vec<u8> = e["value"]
-        .as_array()?
-        .iter()
-        .map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
-        .collect::<Option<_>>()?;
-    let mut le = [0u8; 8];
-    for (i, b) in bytes.iter().take(8).enumerate() {
-        le[i] = *b;
-    }
-    Some(u64::from_le_bytes(le))
-}
-
-#[cfg(test)]
-mod prog_array_tests {
-    #[test]
-    fn program_ids_from_either_dump_format() {
-        let raw = serde_json::json!({"key": ["0x00", "0x00", "0x00", "0x00"], "value": ["0x2a", "0x01", "0x00", "0x00"]});
-        assert_eq!(super::prog_array_value(&raw), Some(0x12a));
-        let btf = serde_json::json!({"formatted": {"key": 0, "value": 77}});
-        assert_eq!(super::prog_array_value(&btf), Some(77));
-        assert_eq!(super::prog_array_value(&serde_json::json!({})), None);
-    }
-}
-
 fn memory(t: &Topo) -> anyhow::Result<Memory> {
     let link = json(
         t.gw.cmd("ip")
@@ -960,42 +927,17 @@ fn memory(t: &Topo) -> anyhow::Result<Memory> {
         .as_u64()
         .or_else(|| link[0]["xdp"]["attached"][0]["prog"]["id"].as_u64())
         .with_context(|| format!("no XDP program id in {link}"))?;
-    // The attached program is stage 1; stage 2 (the policy and flow maps) is reached
-    // through its tail-call table: follow the program arrays and take every map once.
-    let mut progs = vec![prog];
-    let mut seen_maps = std::collections::BTreeSet::new();
+    // The attached program runs both stages: its maps are all of the datapath's.
+    let p = json(Command::new("bpftool").args(["-j", "prog", "show", "id", &prog.to_string()]))?;
     let mut maps = Vec::new();
-    while let Some(prog) = progs.pop() {
-        let p =
-            json(Command::new("bpftool").args(["-j", "prog", "show", "id", &prog.to_string()]))?;
-        for id in p["map_ids"].as_array().context("map_ids")? {
-            let Some(id) = id.as_u64() else { continue };
-            if !seen_maps.insert(id) {
-                continue;
-            }
-            let m =
-                json(Command::new("bpftool").args(["-j", "map", "show", "id", &id.to_string()]))?;
-            let ty = m["type"].as_str().unwrap_or("?").to_owned();
-            if ty == "prog_array" {
-                let d = json(Command::new("bpftool").args([
-                    "-j",
-                    "map",
-                    "dump",
-                    "id",
-                    &id.to_string(),
-                ]))?;
-                for e in d.as_array().into_iter().flatten() {
-                    if let Some(v) = prog_array_value(e) {
-                        progs.push(v);
-                    }
-                }
-            }
-            maps.push((
-                m["name"].as_str().unwrap_or("?").to_owned(),
-                ty,
-                m["bytes_memlock"].as_u64().unwrap_or(0),
-            ));
-        }
+    for id in p["map_ids"].as_array().context("map_ids")? {
+        let Some(id) = id.as_u64() else { continue };
+        let m = json(Command::new("bpftool").args(["-j", "map", "show", "id", &id.to_string()]))?;
+        maps.push((
+            m["name"].as_str().unwrap_or("?").to_owned(),
+            m["type"].as_str().unwrap_or("?").to_owned(),
+            m["bytes_memlock"].as_u64().unwrap_or(0),
+        ));
     }
     let pid = t
         .daemon
