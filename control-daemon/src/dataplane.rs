@@ -186,6 +186,21 @@ pub enum AttachMode {
     Generic,
 }
 
+/// Which of the object's programs [`Dataplane::load`] loads. The verifier takes
+/// about half a second over each (BENCHMARKS.md, "Verifier headroom", has their
+/// sizes), so the daemon loads only its mode's; attaching loads a program that is
+/// not loaded yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Programs {
+    /// Every hook's program (tests and benchmarks run them all).
+    #[default]
+    All,
+    /// Gateway mode: XDP, and the TC program for the gateway's own traffic.
+    Gateway,
+    /// Host mode: the TC programs for the host's egress and ingress.
+    Host,
+}
+
 /// Load-time options.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -203,6 +218,8 @@ pub struct LoadOptions {
     /// `LOOKUP_NODES`; a policy that does not fit half of them (one slot) is looked up
     /// in the LPM tries instead. Fewer only to test that fallback.
     pub lookup_nodes: u32,
+    /// The programs to load now.
+    pub programs: Programs,
 }
 
 impl Default for LoadOptions {
@@ -215,6 +232,7 @@ impl Default for LoadOptions {
             log_level: 0,
             top_denied_entries: tagwall_common::reports::DEFAULT_TOP_DENIED_ENTRIES,
             lookup_nodes: tagwall_common::stride::LOOKUP_NODES,
+            programs: Programs::All,
         }
     }
 }
@@ -359,23 +377,29 @@ fn filter_from_ns(prev: &DpConfig, next: &DpConfig, unstamped: bool, now_ns: u64
     }
 }
 
-/// Load an XDP program of the object.
+/// Load an XDP program of the object, unless it is loaded.
 fn load_xdp(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
     let prog: &mut Xdp = ebpf
         .program_mut(name)
         .ok_or(DataplaneError::MissingProgram { name })?
         .try_into()
         .map_err(verifier(name))?;
+    if prog.fd().is_ok() {
+        return Ok(());
+    }
     prog.load().map_err(verifier(name))
 }
 
-/// Load a TC program of the object.
+/// Load a TC program of the object, unless it is loaded.
 fn load_tc(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut(name)
         .ok_or(DataplaneError::MissingProgram { name })?
         .try_into()
         .map_err(verifier(name))?;
+    if prog.fd().is_ok() {
+        return Ok(());
+    }
     prog.load().map_err(verifier(name))
 }
 
@@ -534,10 +558,19 @@ impl Dataplane {
                 None
             }
         };
-        load_xdp(&mut ebpf, names::PROG_XDP)?;
-        load_tc(&mut ebpf, names::PROG_TC_EGRESS)?;
-        load_tc(&mut ebpf, names::PROG_TC_INGRESS)?;
-        load_tc(&mut ebpf, names::PROG_TC_LOCAL)?;
+        let (gateway, host) = match opts.programs {
+            Programs::All => (true, true),
+            Programs::Gateway => (true, false),
+            Programs::Host => (false, true),
+        };
+        if gateway {
+            load_xdp(&mut ebpf, names::PROG_XDP)?;
+            load_tc(&mut ebpf, names::PROG_TC_LOCAL)?;
+        }
+        if host {
+            load_tc(&mut ebpf, names::PROG_TC_EGRESS)?;
+            load_tc(&mut ebpf, names::PROG_TC_INGRESS)?;
+        }
         let (mapping, entries) = map_lookup(&ebpf)?;
         let use_nodes = opts.lookup_nodes.clamp(
             tagwall_common::stride::FIRST_NODE + 2,
@@ -588,7 +621,8 @@ impl Dataplane {
         Ok(dp)
     }
 
-    /// The XDP program (for attaching elsewhere and for BPF_PROG_TEST_RUN).
+    /// The XDP program (for attaching elsewhere and for BPF_PROG_TEST_RUN; loaded
+    /// unless the load's [`Programs`] were `Host`).
     ///
     /// # Panics
     /// Never: the program is in the object and of type XDP (checked at load).
@@ -600,10 +634,11 @@ impl Dataplane {
             .expect("tagwall_xdp is XDP")
     }
 
-    /// A TC program of the object (host mode; for BPF_PROG_TEST_RUN).
+    /// A TC program of the object (for BPF_PROG_TEST_RUN; loaded if the load's
+    /// [`Programs`] include its mode).
     ///
     /// # Panics
-    /// If `name` is not one of the object's TC programs (they are loaded at load).
+    /// If `name` is not one of the object's TC programs.
     pub fn tc(&mut self, name: &'static str) -> &mut SchedClassifier {
         self.ebpf
             .program_mut(name)
@@ -721,6 +756,7 @@ impl Dataplane {
             self.links.push(link);
             return Ok(Attached::Adopted);
         }
+        load_xdp(&mut self.ebpf, names::PROG_XDP)?;
         let prog = self.xdp();
         let attach = |prog: &mut Xdp, m: XdpMode| {
             prog.attach(iface, m)
@@ -800,6 +836,7 @@ impl Dataplane {
             self.links.push(link);
             return Ok(true);
         }
+        load_tc(&mut self.ebpf, name)?;
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(name)

@@ -458,3 +458,42 @@ fn pinned_maps_written_in_another_layout_are_refused() {
     write_layout(0, 0);
     drop(Dataplane::load(&opts).expect("an unwritten CONFIG is adopted"));
 }
+
+/// `tagwall run` has the verifier check only its mode's programs (about half a
+/// second each), and attaching loads a program that the load left out.
+#[test]
+fn a_load_verifies_its_modes_programs_and_attaching_loads_the_others() {
+    use tagwall::dataplane::{AttachMode, Attached, Dataplane, LoadOptions, Programs};
+    use tagwall_common::names;
+    use tagwall_tests::netns::{Netns, veth};
+
+    let loaded = |dp: &Dataplane| -> Vec<String> {
+        dp.verified_insns().into_iter().map(|(n, _)| n).collect()
+    };
+    let load = |programs| {
+        Dataplane::load(&LoadOptions {
+            programs,
+            ..LoadOptions::default()
+        })
+        .expect("load")
+    };
+    let (gw, local) = (names::PROG_XDP, names::PROG_TC_LOCAL);
+    let (egress, ingress) = (names::PROG_TC_EGRESS, names::PROG_TC_INGRESS);
+    let mut all = vec![gw, local, egress, ingress];
+    all.sort_unstable();
+    assert_eq!(loaded(&load(Programs::All)), all);
+    assert_eq!(loaded(&load(Programs::Gateway)), [local, gw]);
+    assert_eq!(loaded(&load(Programs::Host)), [egress, ingress]);
+
+    // A host-mode load attached as a gateway: XDP and the TC program for the
+    // gateway's own traffic are loaded by the attach.
+    let (a, b) = (Netns::new("twla"), Netns::new("twlb"));
+    veth(&a, "twl0", &["10.77.0.1/24"], &b, "twl1", &["10.77.0.2/24"]);
+    let got = a.run(move || {
+        let mut dp = load(Programs::Host);
+        let attached = dp.attach("twl0", AttachMode::Generic).expect("attach");
+        (matches!(attached, Attached::Xdp(_)), loaded(&dp))
+    });
+    assert!(got.0, "attached as XDP");
+    assert_eq!(got.1, all);
+}

@@ -20,7 +20,7 @@ use super::Location;
 use crate::{
     compile::{CompiledPolicy, compile},
     config::Config,
-    dataplane::{AttachMode, Attached, Dataplane, LoadOptions, Settings, remove_pins},
+    dataplane::{AttachMode, Attached, Dataplane, LoadOptions, Programs, Settings, remove_pins},
     dns::{DnsMode, DnsService, state_path},
     enforcer::Enforcer,
     netif,
@@ -168,6 +168,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ct_max_entries: prepared.config.conntrack.max_entries,
         top_denied_entries: prepared.config.reports.top_denied_entries,
         sets_per_slot: prepared.config.datapath.port_sets,
+        programs: if args.host {
+            Programs::Host
+        } else {
+            Programs::Gateway
+        },
         ..LoadOptions::default()
     };
     ensure_bpffs(&args.loc.bpffs).map_err(anyhow::Error::msg)?;
