@@ -344,6 +344,17 @@ impl CtTimeouts {
         };
         (s as u64) * 1_000_000_000
     }
+
+    /// Whether the flow `v` of protocol `proto` (its `v.proto`, passed apart so
+    /// that a caller which holds it already need not load it again) has been idle
+    /// at `now` for longer than its state's timeout. The difference saturates:
+    /// another CPU's clock cache may be a tick ahead of `now` (`last_seen_ns` later
+    /// than it).
+    #[inline(always)]
+    #[must_use]
+    pub const fn expired(&self, v: &CtValue, proto: u8, now: u64) -> bool {
+        now.saturating_sub(v.last_seen_ns) > self.for_state_ns(v.state, proto)
+    }
 }
 
 impl CtKey {
@@ -377,6 +388,31 @@ mod tests {
     use super::*;
 
     const UNIT: u64 = 1 << CT_FILTER_SHIFT;
+
+    #[test]
+    fn a_flow_expires_after_its_states_timeout_and_not_before() {
+        let t = CtTimeouts::default();
+        let udp = CtValue {
+            last_seen_ns: 1_000,
+            state: CT_REPLIED,
+            proto: crate::policy::PROTO_UDP,
+            ..CtValue::default()
+        };
+        let limit = t.for_state_ns(CT_REPLIED, crate::policy::PROTO_UDP);
+        assert_ne!(limit, t.for_state_ns(CT_REPLIED, crate::policy::PROTO_ICMP));
+        assert!(!t.expired(&udp, udp.proto, 1_000 + limit));
+        assert!(t.expired(&udp, udp.proto, 1_000 + limit + 1));
+        // Seen later than `now` (another CPU's clock a tick ahead): not expired.
+        assert!(!t.expired(&udp, udp.proto, 0));
+        // The same state of an ICMP flow has the ICMP timeout.
+        let icmp = CtValue {
+            proto: crate::policy::PROTO_ICMP,
+            ..udp
+        };
+        let icmp_limit = t.for_state_ns(CT_REPLIED, crate::policy::PROTO_ICMP);
+        assert!(!t.expired(&icmp, icmp.proto, 1_000 + icmp_limit));
+        assert!(t.expired(&icmp, icmp.proto, 1_000 + icmp_limit + 1));
+    }
 
     #[test]
     fn a_stamp_has_passed_only_after_the_expiry_it_covers() {

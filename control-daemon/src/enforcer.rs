@@ -245,11 +245,9 @@ impl Enforcer {
             // LRU table keeps dead entries until they are looked up or evicted).
             snap.1 = flows
                 .iter()
-                .filter(|(k, v)| {
+                .filter(|(_, v)| {
                     v.state != tagwall_common::ct::CT_TCP_CLOSED
-                        && timeouts.is_some_and(|t| {
-                            now.saturating_sub(v.last_seen_ns) <= t.for_state_ns(v.state, k.proto)
-                        })
+                        && timeouts.is_some_and(|t| !t.expired(v, v.proto, now))
                 })
                 .flat_map(|(k, _)| [key_addr(&k.addr_a), key_addr(&k.addr_b)])
                 .collect();

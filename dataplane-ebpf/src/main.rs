@@ -1307,7 +1307,8 @@ mod prog {
             // Packets this CPU served from its cache since the table last saw one.
             e.last_seen_ns = cached_last;
         }
-        if now.saturating_sub(e.last_seen_ns) > cfg.ct.for_state_ns(e.state, f.h.proto) {
+        // `e.proto` is the packet's (checked above).
+        if cfg.ct.expired(e, f.h.proto, now) {
             ct_remove(f);
             ct_bump(CT_EXPIRED);
             return None;
@@ -1433,7 +1434,7 @@ mod prog {
             if let Some(e) = ct_get(f) {
                 // SAFETY: a pointer into the map value, as in `ct_continue`.
                 let e = unsafe { &mut *e };
-                if now.saturating_sub(e.last_seen_ns) > cfg.ct.for_state_ns(e.state, e.proto) {
+                if cfg.ct.expired(e, e.proto, now) {
                     ct_bump(CT_EXPIRED);
                 } else if e.proto == PROTO_TCP
                     && e.generation == cfg.generation
