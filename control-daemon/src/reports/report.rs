@@ -215,6 +215,9 @@ pub struct Snapshot {
     pub events: BTreeMap<String, [u64; 2]>,
     /// `direction|remote|port|protocol` -> [packets, bytes].
     pub top: BTreeMap<String, [u64; 2]>,
+    /// `direction|remote|port|protocol` -> first seen (monotonic ns): an entry the
+    /// table evicted and created again starts later, and its count from zero.
+    pub top_first_seen: BTreeMap<String, u64>,
 }
 
 impl Snapshot {
@@ -559,10 +562,17 @@ pub fn build(inp: &Inputs<'_>) -> (Report, Snapshot) {
             bytes: e.bytes,
         };
         snap.top.insert(key.clone(), pair(now));
+        snap.top_first_seen.insert(key.clone(), e.first_seen_ns);
         if top.len() >= inp.top_n {
             continue;
         }
-        let p = prev_get(&|s| s.top.get(&key).copied());
+        // Created again since the last report (first seen later): all of its count
+        // is new. A snapshot of a version without first-seen times compares totals.
+        let recreated = inp
+            .previous
+            .and_then(|s| s.top_first_seen.get(&key))
+            .is_some_and(|f| e.first_seen_ns > *f);
+        let p = prev_get(&|s| s.top.get(&key).copied()).filter(|_| !recreated);
         let mut fqdns: Vec<String> = who(&e.remote).into_iter().map(|(n, _)| n).collect();
         fqdns.dedup();
         let mut covered_by: Vec<String> = covering_rules(state_rules, e)
@@ -1216,5 +1226,42 @@ mod tests {
         assert_eq!(seen.count.delta.unwrap().packets, 5);
         assert_eq!(r2.top_denied.top[0].count.delta.unwrap().packets, 4);
         assert!(render_table(&r2).contains("+5"));
+
+        // The table evicted the entry and created it again: fewer packets than last
+        // time, but all of them new.
+        let report_on = |o: &Observed, previous: &Snapshot| {
+            let (c, _, state) = inputs_fixture();
+            build(&Inputs {
+                iface: "eth1",
+                counters: &c,
+                observed: o,
+                state: Some(&state),
+                dns: None,
+                log: None,
+                clock: WallClock::with_offset(0),
+                now_unix_ms: 1_010_000,
+                previous: Some(previous),
+                top_n: 20,
+                daemon_running: false,
+            })
+        };
+        let (_, mut o3, _) = inputs_fixture();
+        o3.top[0].packets = 3;
+        o3.top[0].first_seen_ns = 50;
+        let (r3, snap3) = report_on(&o3, &snap);
+        assert_eq!(r3.top_denied.top[0].count.delta.unwrap().packets, 3);
+        assert_eq!(
+            snap3.top_first_seen.get("outbound|10.0.7.7|5300|udp"),
+            Some(&50)
+        );
+        // The same entry again: deltas from its new total.
+        o3.top[0].packets = 7;
+        let (r4, _) = report_on(&o3, &snap3);
+        assert_eq!(r4.top_denied.top[0].count.delta.unwrap().packets, 4);
+        // A snapshot without first-seen times (an older version's) compares totals.
+        let mut old = snap.clone();
+        old.top_first_seen.clear();
+        let (r5, _) = report_on(&o3, &old);
+        assert_eq!(r5.top_denied.top[0].count.delta.unwrap().packets, 2);
     }
 }
