@@ -367,6 +367,17 @@ impl CtKey {
         }
         out
     }
+
+    /// An address (network order bytes) as the key's words: the inverse of
+    /// [`CtKey::bytes`].
+    #[must_use]
+    pub fn words(b: &[u8; 16]) -> [u32; 4] {
+        let mut out = [0u32; 4];
+        for (i, w) in out.iter_mut().enumerate() {
+            *w = u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+        }
+        out
+    }
 }
 
 /// Stable name of a state, for listings.

@@ -27,9 +27,7 @@ pub struct Full {
 
 /// An IPv6 address's words as the datapath reads them.
 fn words(b: &[u8; 16]) -> [u32; 4] {
-    std::array::from_fn(|i| {
-        u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
-    })
+    tagwall_common::ct::CtKey::words(b)
 }
 
 /// What [`Table::index_shortcuts`] wrote: records, and /112s left without one

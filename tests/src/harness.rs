@@ -29,6 +29,8 @@ pub enum Prog {
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+/// TC return code of a dropped packet.
+pub const TC_ACT_SHOT: u32 = 2;
 
 /// What one packet did, as the datapath reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,4 +213,26 @@ pub fn stamp_ct_filter(dp: &Dataplane, stamp: u64) -> anyhow::Result<()> {
         filter.set(i, stamp, 0)?;
     }
     Ok(())
+}
+
+/// Keep this thread (and so its BPF_PROG_TEST_RUNs) on one CPU: the flow cache and the
+/// top-denied slots are per CPU, and the scheduler may move a thread between runs.
+pub fn pin_to_first_allowed_cpu() {
+    // SAFETY: plain syscalls on a zeroed cpu_set_t owned here.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .find(|c| libc::CPU_ISSET(*c, &set))
+            .expect("an allowed CPU");
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
 }

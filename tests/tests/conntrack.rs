@@ -14,7 +14,7 @@ use tagwall_common::{
     verdict::{REASON_ALLOWED, REASON_ESTABLISHED, REASON_NO_MATCH, REASON_PORT, reason_name},
 };
 use tagwall_tests::{
-    harness::{Harness, Observed, Prog},
+    harness::{Harness, Observed, Prog, pin_to_first_allowed_cpu},
     pkt::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, echo_msg, ip_frame, tcp_flags, udp},
 };
 
@@ -1035,28 +1035,6 @@ fn the_gateways_own_traffic_is_allowed_and_its_replies_come_back() {
         WEB,
         DIR_EGRESS,
     );
-}
-
-/// Keep this thread (and so its BPF_PROG_TEST_RUNs) on one CPU: the flow cache is per
-/// CPU, and the scheduler may move a thread between runs.
-fn pin_to_first_allowed_cpu() {
-    // SAFETY: plain syscalls on a zeroed cpu_set_t owned here.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
-            0
-        );
-        let cpu = (0..libc::CPU_SETSIZE as usize)
-            .find(|c| libc::CPU_ISSET(*c, &set))
-            .expect("an allowed CPU");
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
 }
 
 /// The per-CPU flow cache (tagwall_common::ct, "Flow cache"): a flow's packets are
