@@ -75,6 +75,8 @@ pub mod names {
     pub const MAP_REPORT_CONFIG: &str = "REPORT_CONFIG";
     /// Drops per remote address, port, protocol and direction (LRU hash).
     pub const MAP_TOP_DENIED: &str = "TOP_DENIED";
+    /// Per-CPU direct-mapped slots in front of `TOP_DENIED` (`reports`).
+    pub const MAP_TOP_SLOTS: &str = "TOP_SLOTS";
 }
 
 #[cfg(feature = "user")]
@@ -83,7 +85,7 @@ mod pod {
         counters::{Counter, RuleCounter},
         ct::{CtKeyV4, CtKeyV6, CtTimeouts, CtValue, FlowCacheEntry},
         policy::{Config, PolicyKeyV4, PolicyKeyV6, PolicyValue, PortRule, PortSet},
-        reports::{DenyEvent, ReportConfig, TokenBucket, TopKey, TopValue},
+        reports::{DenyEvent, ReportConfig, TokenBucket, TopKey, TopSlot, TopValue},
     };
 
     // SAFETY: all of these are #[repr(C)] structs made only of integers and integer
@@ -106,4 +108,5 @@ mod pod {
     unsafe impl aya::Pod for DenyEvent {}
     unsafe impl aya::Pod for TopKey {}
     unsafe impl aya::Pod for TopValue {}
+    unsafe impl aya::Pod for TopSlot {}
 }

@@ -17,6 +17,22 @@
 //! port, protocol and direction. The remote address is the one the policy looked up:
 //! the destination of an outbound packet, the source of an inbound one, so an entry
 //! says what a rule would have to name to allow it.
+//!
+//! A lookup in that table costs more than the rest of a drop's path, so a repeated
+//! drop is counted in front of it: in `TOP_SLOTS`, a per-CPU array of
+//! [`TOP_SLOTS_LEN`] direct-mapped slots ([`top_slot`]), each holding one key's
+//! *batch* of drops ([`TopSlot`]). When another key's drop takes the slot, the
+//! program copies the old batch to its stack, writes the new key over the slot
+//! first, and only then adds the copy to this CPU's value of the old key's
+//! `TOP_DENIED` entry. A reader reads a key's entry before it counts a batch of the
+//! key from a slot, so it never counts a drop twice: a batch it finds in a slot
+//! had not started to move when the slot was read, so none of it was in the entry
+//! read before that. The price is a batch that moves between the two reads: it is
+//! in neither copy, so that read misses it and the next one has it. The reader
+//! makes the gap short (each entry, then right away its key's slot), and the
+//! reports' deltas allow for a total that dips once. This order relies on the CPU
+//! making the program's stores visible in program order and on the kernel copying
+//! a value from its start (x86-64 does both).
 
 /// `ReportConfig::flags`: emit events into `EVENTS`.
 pub const REPORT_F_EVENTS: u32 = 1;
@@ -29,6 +45,11 @@ pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 
 /// Default capacity of `TOP_DENIED` (set at first load).
 pub const DEFAULT_TOP_DENIED_ENTRIES: u32 = 4096;
+
+/// log2 of the number of per-CPU slots of `TOP_SLOTS`.
+pub const TOP_SLOTS_BITS: u32 = 9;
+/// Number of per-CPU slots of `TOP_SLOTS`.
+pub const TOP_SLOTS_LEN: u32 = 1 << TOP_SLOTS_BITS;
 
 /// Indices of `EVENT_STATS` (per-CPU [`crate::counters::Counter`]s; `packets` counts
 /// events, `bytes` the bytes of their packets).
@@ -143,11 +164,109 @@ pub struct TopValue {
     pub _pad: [u8; 6],
 }
 
+/// Value of `TOP_SLOTS`: one CPU's drops of one key that are not in `TOP_DENIED`
+/// yet, or an empty slot (`value.packets == 0`).
+///
+/// A batch is the drops of one key since it took the slot; they move into the
+/// table when another key takes it.
+///
+/// The program writes `batch_first`, then the key and value, then `batch_last`;
+/// a reader copies the slot from its start, so it reads `batch_last` first. A copy
+/// whose two numbers differ was taken while the slot changed hands: read it again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TopSlot {
+    /// The batch's number, written last when a key takes the slot.
+    pub batch_last: u32,
+    pub _pad: u32,
+    pub key: TopKey,
+    /// The batch's counts.
+    pub value: TopValue,
+    /// The batch's number, written first when a key takes the slot. Numbers grow
+    /// by one per batch of the slot and skip 0.
+    pub batch_first: u32,
+    pub _pad2: u32,
+}
+
+impl TopSlot {
+    /// The copy was not taken while a key took the slot.
+    #[must_use]
+    pub fn whole(&self) -> bool {
+        self.batch_first == self.batch_last
+    }
+}
+
+/// The slot of `key` in `TOP_SLOTS`: Fibonacci hashing of the words in which the
+/// remote addresses differ most, the port, protocol and direction.
+#[inline(always)]
+#[must_use]
+pub fn top_slot(key: &TopKey) -> u32 {
+    let mix = key.addr[1]
+        ^ key.addr[2]
+        ^ key.addr[3]
+        ^ (u32::from(key.port) << 16)
+        ^ (u32::from(key.proto) << 8)
+        ^ u32::from(key.dir);
+    mix.wrapping_mul(0x9E37_79B1) >> (32 - TOP_SLOTS_BITS)
+}
+
+/// The number of the batch after `batch` (never 0, which means "none").
+#[inline(always)]
+#[must_use]
+pub fn next_batch(batch: u32) -> u32 {
+    let n = batch.wrapping_add(1);
+    if n == 0 { 1 } else { n }
+}
+
 // The layouts are ABI (pinned maps, ring records): fail the build if they move.
 const _: () = {
     assert!(core::mem::size_of::<DenyEvent>() == 56);
     assert!(core::mem::size_of::<TopKey>() == 24);
     assert!(core::mem::size_of::<TopValue>() == 56);
+    assert!(core::mem::size_of::<TopSlot>() == 96);
+    assert!(core::mem::offset_of!(TopSlot, value) % 8 == 0);
     assert!(core::mem::size_of::<ReportConfig>() == 24);
     assert!(core::mem::size_of::<TokenBucket>() == 16);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_numbers_skip_zero() {
+        assert_eq!(next_batch(0), 1);
+        assert_eq!(next_batch(7), 8);
+        assert_eq!(next_batch(u32::MAX), 1);
+    }
+
+    #[test]
+    fn slots_are_in_range_and_spread() {
+        let mut seen = [false; TOP_SLOTS_LEN as usize];
+        for i in 0..4096u32 {
+            let mut k = TopKey::default();
+            let a = core::net::Ipv4Addr::from(0xc000_0200 + i);
+            k.addr = crate::ct::CtKey::words(&a.to_ipv6_mapped().octets());
+            k.port = 443;
+            k.proto = 6;
+            let s = top_slot(&k);
+            assert!(s < TOP_SLOTS_LEN);
+            seen[s as usize] = true;
+        }
+        // 4096 consecutive addresses reach most slots.
+        let used = seen.iter().filter(|s| **s).count();
+        assert!(used > TOP_SLOTS_LEN as usize * 9 / 10, "{used}");
+    }
+
+    #[test]
+    fn a_copy_is_whole_when_both_numbers_agree() {
+        let mut s = TopSlot {
+            batch_first: 3,
+            batch_last: 3,
+            ..TopSlot::default()
+        };
+        assert!(s.whole());
+        s.batch_first = 4;
+        assert!(!s.whole());
+    }
+}

@@ -58,7 +58,7 @@ pub const OLD_SLOT_GRACE: Duration = Duration::from_millis(5);
 /// `JUMP_TC`): this list leaves them alone, as the programs of such a run, when a
 /// restart adopts their links, still jump through them; [`remove_pins`] removes
 /// them with the rest.
-pub const PINNED_MAPS: [&str; 20] = [
+pub const PINNED_MAPS: [&str; 21] = [
     names::MAP_POLICY_V4,
     names::MAP_POLICY_V6,
     names::MAP_LOOKUP,
@@ -79,6 +79,7 @@ pub const PINNED_MAPS: [&str; 20] = [
     names::MAP_EVENT_BUCKET,
     names::MAP_REPORT_CONFIG,
     names::MAP_TOP_DENIED,
+    names::MAP_TOP_SLOTS,
 ];
 
 /// Prefix of pinned link files: `link-xdp-<iface>`, `link-tc-egress-<iface>`, ...
@@ -632,6 +633,32 @@ impl Dataplane {
             .expect("tagwall_xdp in the object")
             .try_into()
             .expect("tagwall_xdp is XDP")
+    }
+
+    /// The XDP program, shared (BPF_PROG_TEST_RUN from several threads).
+    ///
+    /// # Panics
+    /// As [`Dataplane::xdp`].
+    #[must_use]
+    pub fn xdp_shared(&self) -> &Xdp {
+        self.ebpf
+            .program(names::PROG_XDP)
+            .expect("tagwall_xdp in the object")
+            .try_into()
+            .expect("tagwall_xdp is XDP")
+    }
+
+    /// A TC program of the object, shared (BPF_PROG_TEST_RUN from several threads).
+    ///
+    /// # Panics
+    /// As [`Dataplane::tc`].
+    #[must_use]
+    pub fn tc_shared(&self, name: &'static str) -> &SchedClassifier {
+        self.ebpf
+            .program(name)
+            .unwrap_or_else(|| panic!("{name} in the object"))
+            .try_into()
+            .unwrap_or_else(|_| panic!("{name} is a TC program"))
     }
 
     /// A TC program of the object (for BPF_PROG_TEST_RUN; loaded if the load's

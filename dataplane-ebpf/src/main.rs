@@ -28,6 +28,7 @@ mod prog {
     };
     use aya_log_ebpf::debug;
     use core::intrinsics::AtomicOrdering;
+    use core::sync::atomic::{Ordering, compiler_fence};
     use tagwall_common::{
         counters::{
             CT_CACHED, CT_CLOSED, CT_EXPIRED, CT_HIT, CT_INSERT_FAILED, CT_NEW, CT_REVALIDATED,
@@ -52,7 +53,7 @@ mod prog {
         reports::{
             DEFAULT_TOP_DENIED_ENTRIES, DenyEvent, EV_EMITTED, EV_RATE_LIMITED, EV_RING_FULL,
             EVENT_STATS_LEN, EVENTS_RING_BYTES, REPORT_F_EVENTS, REPORT_F_TOP, ReportConfig,
-            TokenBucket, TopKey, TopValue,
+            TOP_SLOTS_LEN, TokenBucket, TopKey, TopSlot, TopValue, next_batch, top_slot,
         },
         stride::{
             CHILD, SHORTCUT_RECORD, SHORTCUTS_BELOW, Table, child, entry_offset, result_value,
@@ -118,6 +119,10 @@ mod prog {
     /// BPF target of this toolchain does not offer for 64-bit read-modify-write.
     static TOP_DENIED: LruPerCpuHashMap<TopKey, TopValue> =
         LruPerCpuHashMap::with_max_entries(DEFAULT_TOP_DENIED_ENTRIES, 0);
+    /// Each CPU's drops of recent keys, in front of `TOP_DENIED` (see
+    /// `tagwall_common::reports`).
+    #[map]
+    static TOP_SLOTS: PerCpuArray<TopSlot> = PerCpuArray::with_max_entries(TOP_SLOTS_LEN, 0);
 
     /// The outcome of classification: why, in which direction, credited to which rule.
     #[derive(Clone, Copy)]
@@ -1617,6 +1622,48 @@ mod prog {
         e.action = action;
     }
 
+    /// Add a batch that left its slot to this CPU's value of its key's `TOP_DENIED`
+    /// entry (created if there is none).
+    #[inline(always)]
+    fn top_move(key: &TopKey, b: &TopValue) {
+        let merge = |e: *mut TopValue| {
+            // SAFETY: this CPU's value of the entry; nothing else runs on this CPU.
+            let e = unsafe { &mut *e };
+            if e.packets == 0 {
+                e.first_seen_ns = b.first_seen_ns;
+            }
+            e.packets += b.packets;
+            e.bytes += b.bytes;
+            e.last_seen_ns = b.last_seen_ns;
+            e.local = b.local;
+            e.reason = b.reason;
+            e.action = b.action;
+        };
+        if let Some(e) = TOP_DENIED.get_ptr_mut(key) {
+            merge(e);
+            return;
+        }
+        // BPF_NOEXIST: another CPU may have inserted the key meanwhile (its insert
+        // zeroed this CPU's value); then add to this CPU's value.
+        if TOP_DENIED.insert(key, b, 1).is_err() {
+            if let Some(e) = TOP_DENIED.get_ptr_mut(key) {
+                merge(e);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn same_top_key(a: &TopKey, b: &TopKey) -> bool {
+        a.addr[3] == b.addr[3]
+            && a.addr[2] == b.addr[2]
+            && a.addr[1] == b.addr[1]
+            && a.addr[0] == b.addr[0]
+            && a.port == b.port
+            && a.proto == b.proto
+            && a.dir == b.dir
+            && a.v6 == b.v6
+    }
+
     #[inline(always)]
     fn ev_bump(index: u32, bytes: u64) {
         bump(&EVENT_STATS, index, bytes);
@@ -1655,26 +1702,36 @@ mod prog {
             key.proto = f.h.proto;
             key.dir = dir;
             key.v6 = f.h.v6;
-            let mut counted = false;
-            if let Some(e) = TOP_DENIED.get_ptr_mut(&key) {
-                counted = true;
-                top_add(e, len, now, local, reason, action);
-            }
-            if !counted {
-                // SAFETY: as above.
-                let mut value: TopValue = unsafe { core::mem::zeroed() };
-                value.packets = 1;
-                value.bytes = len;
-                value.first_seen_ns = now;
-                value.last_seen_ns = now;
-                value.local = local;
-                value.reason = reason;
-                value.action = action;
-                // BPF_NOEXIST: another CPU may have inserted the key meanwhile (its
-                // insert zeroed this CPU's value); then add to this CPU's value.
-                if TOP_DENIED.insert(&key, &value, 1).is_err() {
-                    if let Some(e) = TOP_DENIED.get_ptr_mut(&key) {
-                        top_add(e, len, now, local, reason, action);
+            // A repeated drop is counted in its key's slot. A drop of another key
+            // takes the slot first and then adds the old batch, copied to the
+            // stack, to `TOP_DENIED`: the order a reader relies on
+            // (`tagwall_common::reports`).
+            if let Some(s) = TOP_SLOTS.get_ptr_mut(top_slot(&key)) {
+                // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
+                let s = unsafe { &mut *s };
+                if s.value.packets != 0 && same_top_key(&s.key, &key) {
+                    top_add(&mut s.value, len, now, local, reason, action);
+                } else {
+                    let old_key = s.key;
+                    let old = s.value;
+                    let b = next_batch(s.batch_first);
+                    // SAFETY: a field of this CPU's slot.
+                    unsafe { core::ptr::write_volatile(&mut s.batch_first, b) };
+                    compiler_fence(Ordering::SeqCst);
+                    s.key = key;
+                    s.value.packets = 1;
+                    s.value.bytes = len;
+                    s.value.first_seen_ns = now;
+                    s.value.last_seen_ns = now;
+                    s.value.local = local;
+                    s.value.reason = reason;
+                    s.value.action = action;
+                    compiler_fence(Ordering::SeqCst);
+                    // SAFETY: as above.
+                    unsafe { core::ptr::write_volatile(&mut s.batch_last, b) };
+                    compiler_fence(Ordering::SeqCst);
+                    if old.packets != 0 {
+                        top_move(&old_key, &old);
                     }
                 }
             }

@@ -118,7 +118,11 @@ pub struct TopRow {
 #[derive(Clone, Debug, Serialize)]
 pub struct TopSection {
     pub capacity: u32,
-    /// Entries in the table (the report shows the first `shown`).
+    /// Per-CPU slot copies that changed hands each time they were read: their drops
+    /// are left out of this report and show in a later one.
+    pub unread_slots: u64,
+    /// Denied keys, of the table and the per-CPU slots in front of it (the report
+    /// shows the first `shown`).
     pub entries: usize,
     pub shown: usize,
     pub top: Vec<TopRow>,
@@ -218,6 +222,9 @@ pub struct Snapshot {
     /// `direction|remote|port|protocol` -> first seen (monotonic ns): an entry the
     /// table evicted and created again starts later, and its count from zero.
     pub top_first_seen: BTreeMap<String, u64>,
+    /// Keys of `top` that the read of this report lacked, kept from the previous
+    /// snapshot (a batch of their drops may have been moving); not kept again.
+    pub top_carried: BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -561,18 +568,23 @@ pub fn build(inp: &Inputs<'_>) -> (Report, Snapshot) {
             packets: e.packets,
             bytes: e.bytes,
         };
-        snap.top.insert(key.clone(), pair(now));
-        snap.top_first_seen.insert(key.clone(), e.first_seen_ns);
-        if top.len() >= inp.top_n {
-            continue;
-        }
         // Created again since the last report (first seen later): all of its count
         // is new. A snapshot of a version without first-seen times compares totals.
         let recreated = inp
             .previous
             .and_then(|s| s.top_first_seen.get(&key))
             .is_some_and(|f| e.first_seen_ns > *f);
-        let p = prev_get(&|s| s.top.get(&key).copied()).filter(|_| !recreated);
+        let p = prev_get(&|s| s.top.get(&key).copied()).filter(|_| !recreated && !reset);
+        // A batch of drops moving from a per-CPU slot into the table is in neither
+        // place for the read that meets it (`tagwall_common::reports`): the total
+        // dips for that report. The next deltas start from the highest total seen,
+        // so that they do not count the batch twice.
+        let base = p.map_or(pair(now), |p| [p[0].max(now.packets), p[1].max(now.bytes)]);
+        snap.top.insert(key.clone(), base);
+        snap.top_first_seen.insert(key.clone(), e.first_seen_ns);
+        if top.len() >= inp.top_n {
+            continue;
+        }
         let mut fqdns: Vec<String> = who(&e.remote).into_iter().map(|(n, _)| n).collect();
         fqdns.dedup();
         let mut covered_by: Vec<String> = covering_rules(state_rules, e)
@@ -599,6 +611,21 @@ pub fn build(inp: &Inputs<'_>) -> (Report, Snapshot) {
             fqdns,
             covered_by,
         });
+    }
+
+    // A key missing from this read may be a batch moving into the table (above):
+    // its baseline is kept for one more report. A key missing twice is gone (the
+    // table evicted it).
+    if let Some(p) = inp.previous.filter(|_| !reset) {
+        for (key, v) in &p.top {
+            if !snap.top.contains_key(key) && !p.top_carried.contains(key) {
+                snap.top.insert(key.clone(), *v);
+                if let Some(f) = p.top_first_seen.get(key) {
+                    snap.top_first_seen.insert(key.clone(), *f);
+                }
+                snap.top_carried.insert(key.clone());
+            }
+        }
     }
 
     let mut ct_events = BTreeMap::new();
@@ -719,6 +746,7 @@ pub fn build(inp: &Inputs<'_>) -> (Report, Snapshot) {
         drops,
         top_denied: TopSection {
             capacity: o.top_capacity,
+            unread_slots: o.top_torn,
             entries: o.top.len(),
             shown: top.len(),
             top,
@@ -851,6 +879,13 @@ pub fn render_table(r: &Report) -> String {
         "\nTOP DENIED ({} of {} entries; table holds {})",
         t.shown, t.entries, t.capacity
     );
+    if t.unread_slots > 0 {
+        let _ = writeln!(
+            s,
+            "({} per-CPU slot copies changed while read: their drops show in a later report)",
+            t.unread_slots
+        );
+    }
     if !t.top.is_empty() {
         let _ = writeln!(
             s,
@@ -1263,5 +1298,90 @@ mod tests {
         old.top_first_seen.clear();
         let (r5, _) = report_on(&o3, &old);
         assert_eq!(r5.top_denied.top[0].count.delta.unwrap().packets, 2);
+    }
+
+    /// A read that meets a batch of drops moving from a per-CPU slot into the table
+    /// lacks it: the key's total dips, or the key is missing. The deltas after it
+    /// count the batch once.
+    #[test]
+    fn a_dip_or_a_missing_key_does_not_count_a_batch_twice() {
+        let report = |o: &Observed, previous: Option<&Snapshot>| {
+            let (c, _, state) = inputs_fixture();
+            build(&Inputs {
+                iface: "eth1",
+                counters: &c,
+                observed: o,
+                state: Some(&state),
+                dns: None,
+                log: None,
+                clock: WallClock::with_offset(0),
+                now_unix_ms: 1_010_000,
+                previous,
+                top_n: 20,
+                daemon_running: false,
+            })
+        };
+        let key = "outbound|10.0.7.7|5300|udp";
+        let delta = |r: &Report| r.top_denied.top[0].count.delta.unwrap().packets;
+        let (_, mut o, _) = inputs_fixture();
+        o.top[0].packets = 10;
+        o.top[0].bytes = 1000;
+        let (_, s1) = report(&o, None);
+        // A batch of 4 is moving: the total dips to 6, no delta.
+        o.top[0].packets = 6;
+        o.top[0].bytes = 600;
+        let (r2, s2) = report(&o, Some(&s1));
+        assert_eq!(delta(&r2), 0);
+        assert_eq!(
+            s2.top.get(key),
+            Some(&[10, 1000]),
+            "the highest total is kept"
+        );
+        // The batch arrived, with 3 new drops: 13 in all, 3 of them new.
+        o.top[0].packets = 13;
+        o.top[0].bytes = 1300;
+        let (r3, s3) = report(&o, Some(&s2));
+        assert_eq!(delta(&r3), 3);
+        assert_eq!(s3.top.get(key), Some(&[13, 1300]));
+
+        // The key is missing from a read: its baseline is kept once.
+        let mut gone = o.clone();
+        gone.top.clear();
+        let (r4, s4) = report(&gone, Some(&s3));
+        assert!(r4.top_denied.top.is_empty());
+        assert_eq!(s4.top.get(key), Some(&[13, 1300]));
+        assert!(s4.top_carried.contains(key));
+        // Back with 2 more: 2 new, not 15.
+        o.top[0].packets = 15;
+        o.top[0].bytes = 1500;
+        let (r5, s5) = report(&o, Some(&s4));
+        assert_eq!(delta(&r5), 2);
+        assert!(!s5.top_carried.contains(key));
+        // Missing twice: the table evicted it, and the baseline goes.
+        let (_, s6) = report(&gone, Some(&s4));
+        assert!(!s6.top.contains_key(key));
+        assert!(!s6.top_first_seen.contains_key(key));
+    }
+
+    #[test]
+    fn unread_slot_copies_are_said() {
+        let (c, mut o, state) = inputs_fixture();
+        o.top_torn = 2;
+        let inp = Inputs {
+            iface: "eth1",
+            counters: &c,
+            observed: &o,
+            state: Some(&state),
+            dns: None,
+            log: None,
+            clock: WallClock::with_offset(0),
+            now_unix_ms: 1_000_000,
+            previous: None,
+            top_n: 20,
+            daemon_running: false,
+        };
+        let (r, _) = build(&inp);
+        assert_eq!(r.top_denied.unread_slots, 2);
+        assert!(render_table(&r).contains("2 per-CPU slot copies changed while read"));
     }
 }
