@@ -421,7 +421,7 @@ fn bench_case(
         }
     }
     // A denied packet as `tagwall run` handles it by default: counted in the
-    // top-denied table (an LRU hash update). The rows above leave reporting off, as
+    // top-denied table (in its key's per-CPU slot, in front of the LRU hash). The rows above leave reporting off, as
     // `[reports] top_denied_entries = 0` does; allowed packets never report.
     dp.apply(&policy, &tracked)?;
     let reports = tagwall::reports::config::ReportsConfig::default();
@@ -530,8 +530,9 @@ fn report(
          as in a table far fuller than the filter, so each datagram looks the table up \
          (the cost before the filter). Drop reporting is off in these rows \
          (`[reports] top_denied_entries = 0`); \"top-denied on\": denied packets with \
-         the default reporting of `tagwall run` (each drop counted in the top-denied \
-         LRU table). \"directional\": a gateway with internal prefixes (10.0.0.0/16 \
+         the default reporting of `tagwall run` (each drop counted in its key's per-CPU \
+         slot in front of the top-denied LRU table; a repeated drop, as here, stays in \
+         the slot). \"directional\": a gateway with internal prefixes (10.0.0.0/16 \
          and fd00::/16, which hold the packets' sources), as the README's example sets \
          one up: a packet that connection tracking does not serve first walks the \
          internal prefixes for its direction. The targets below are judged on the \
