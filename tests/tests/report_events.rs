@@ -9,7 +9,11 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::{
+    TestRunResult,
+    maps::{MapData, RingBuf},
+    programs::{TestRun, TestRunOptions},
+};
 use tagwall::{
     dataplane::Settings,
     reports::{
@@ -429,6 +433,20 @@ fn reads_during_slot_moves(
     (reads, dips)
 }
 
+/// One BPF_PROG_TEST_RUN of `frame`, `repeat` times: the program's verdict.
+fn run_repeated<P>(prog: &P, frame: &[u8], repeat: u32) -> u32
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..TestRunOptions::default()
+    })
+    .expect("BPF_PROG_TEST_RUN")
+    .return_value
+}
+
 fn slot_test_harness() -> Harness {
     let mut h = Harness::with(rules(), &Settings::stateless(false));
     h.dp.set_report_config(ReportConfig::new(REPORT_F_TOP, 1, 1, cpus()))
@@ -443,19 +461,9 @@ fn slot_test_harness() -> Harness {
 /// (slots read before the table) counted drops twice.
 #[test]
 fn xdp_reports_read_during_slot_moves_count_every_drop_at_most_once() {
-    use aya::programs::{TestRun, TestRunOptions};
-
     let h = slot_test_harness();
     let prog = h.dp.xdp_shared();
-    let run = |frame: &[u8], repeat: u32| {
-        prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..TestRunOptions::default()
-        })
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
-    };
+    let run = |frame: &[u8], repeat: u32| run_repeated(prog, frame, repeat);
     let (reads, dips) = reads_during_slot_moves(&h, 2_000, XDP_DROP, &run);
     eprintln!("{reads} reads, {dips} dipped");
 }
@@ -464,19 +472,9 @@ fn xdp_reports_read_during_slot_moves_count_every_drop_at_most_once() {
 /// not wait: many more rounds.
 #[test]
 fn tc_reports_read_during_slot_moves_count_every_drop_at_most_once() {
-    use aya::programs::{TestRun, TestRunOptions};
-
     let h = slot_test_harness();
     let prog = h.dp.tc_shared(names::PROG_TC_EGRESS);
-    let run = |frame: &[u8], repeat: u32| {
-        prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..TestRunOptions::default()
-        })
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
-    };
+    let run = |frame: &[u8], repeat: u32| run_repeated(prog, frame, repeat);
     let (reads, dips) = reads_during_slot_moves(&h, 200_000, TC_ACT_SHOT, &run);
     eprintln!("{reads} reads, {dips} dipped");
 }

@@ -1194,6 +1194,28 @@ mod tests {
         (c, o, state)
     }
 
+    /// The report of `o` with the fixture's counters and state.
+    fn report_of(
+        o: &Observed,
+        previous: Option<&Snapshot>,
+        now_unix_ms: u64,
+    ) -> (Report, Snapshot) {
+        let (c, _, state) = inputs_fixture();
+        build(&Inputs {
+            iface: "eth1",
+            counters: &c,
+            observed: o,
+            state: Some(&state),
+            dns: None,
+            log: None,
+            clock: WallClock::with_offset(0),
+            now_unix_ms,
+            previous,
+            top_n: 20,
+            daemon_running: false,
+        })
+    }
+
     #[test]
     fn report_groups_covers_and_suggests() {
         let (c, o, state) = inputs_fixture();
@@ -1264,22 +1286,7 @@ mod tests {
 
         // The table evicted the entry and created it again: fewer packets than last
         // time, but all of them new.
-        let report_on = |o: &Observed, previous: &Snapshot| {
-            let (c, _, state) = inputs_fixture();
-            build(&Inputs {
-                iface: "eth1",
-                counters: &c,
-                observed: o,
-                state: Some(&state),
-                dns: None,
-                log: None,
-                clock: WallClock::with_offset(0),
-                now_unix_ms: 1_010_000,
-                previous: Some(previous),
-                top_n: 20,
-                daemon_running: false,
-            })
-        };
+        let report_on = |o: &Observed, previous: &Snapshot| report_of(o, Some(previous), 1_010_000);
         let (_, mut o3, _) = inputs_fixture();
         o3.top[0].packets = 3;
         o3.top[0].first_seen_ns = 50;
@@ -1305,22 +1312,7 @@ mod tests {
     /// count the batch once.
     #[test]
     fn a_dip_or_a_missing_key_does_not_count_a_batch_twice() {
-        let report = |o: &Observed, previous: Option<&Snapshot>| {
-            let (c, _, state) = inputs_fixture();
-            build(&Inputs {
-                iface: "eth1",
-                counters: &c,
-                observed: o,
-                state: Some(&state),
-                dns: None,
-                log: None,
-                clock: WallClock::with_offset(0),
-                now_unix_ms: 1_010_000,
-                previous,
-                top_n: 20,
-                daemon_running: false,
-            })
-        };
+        let report = |o: &Observed, previous: Option<&Snapshot>| report_of(o, previous, 1_010_000);
         let key = "outbound|10.0.7.7|5300|udp";
         let delta = |r: &Report| r.top_denied.top[0].count.delta.unwrap().packets;
         let (_, mut o, _) = inputs_fixture();
@@ -1365,22 +1357,9 @@ mod tests {
 
     #[test]
     fn unread_slot_copies_are_said() {
-        let (c, mut o, state) = inputs_fixture();
+        let (_, mut o, _) = inputs_fixture();
         o.top_torn = 2;
-        let inp = Inputs {
-            iface: "eth1",
-            counters: &c,
-            observed: &o,
-            state: Some(&state),
-            dns: None,
-            log: None,
-            clock: WallClock::with_offset(0),
-            now_unix_ms: 1_000_000,
-            previous: None,
-            top_n: 20,
-            daemon_running: false,
-        };
-        let (r, _) = build(&inp);
+        let (r, _) = report_of(&o, None, 1_000_000);
         assert_eq!(r.top_denied.unread_slots, 2);
         assert!(render_table(&r).contains("2 per-CPU slot copies changed while read"));
     }
