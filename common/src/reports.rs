@@ -32,12 +32,19 @@
 //! makes the gap short (each entry, then right away its key's slot), and the
 //! reports' deltas allow for a total that dips once. This order relies on the CPU
 //! making the program's stores visible in program order and on the kernel copying
-//! a value from its start (x86-64 does both).
+//! a value from its start (x86-64 does both). Elsewhere the daemon leaves
+//! [`REPORT_F_SLOTS`] off and the program adds each drop to `TOP_DENIED` itself.
 
 /// `ReportConfig::flags`: emit events into `EVENTS`.
 pub const REPORT_F_EVENTS: u32 = 1;
 /// `ReportConfig::flags`: count drops in `TOP_DENIED`.
 pub const REPORT_F_TOP: u32 = 2;
+/// `ReportConfig::flags`, with [`REPORT_F_TOP`]: count a repeated drop in its key's
+/// `TOP_SLOTS` slot in front of `TOP_DENIED` ("Top denied" above). Without it each
+/// drop is added to `TOP_DENIED` itself, which costs a table lookup per drop but
+/// needs no ordering between the program's stores and a reader's copies: the
+/// daemon sets it only where the slots' order holds (x86-64).
+pub const REPORT_F_SLOTS: u32 = 4;
 
 /// Size of the `EVENTS` ring buffer in bytes (a power-of-two number of pages). An
 /// event takes 64 bytes in the ring (56 + the 8-byte record header): 4096 events.

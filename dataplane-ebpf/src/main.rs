@@ -52,8 +52,9 @@ mod prog {
         },
         reports::{
             DEFAULT_TOP_DENIED_ENTRIES, DenyEvent, EV_EMITTED, EV_RATE_LIMITED, EV_RING_FULL,
-            EVENT_STATS_LEN, EVENTS_RING_BYTES, REPORT_F_EVENTS, REPORT_F_TOP, ReportConfig,
-            TOP_SLOTS_LEN, TokenBucket, TopKey, TopSlot, TopValue, next_batch, top_slot,
+            EVENT_STATS_LEN, EVENTS_RING_BYTES, REPORT_F_EVENTS, REPORT_F_SLOTS, REPORT_F_TOP,
+            ReportConfig, TOP_SLOTS_LEN, TokenBucket, TopKey, TopSlot, TopValue, next_batch,
+            top_slot,
         },
         stride::{
             CHILD, SHORTCUT_RECORD, SHORTCUTS_BELOW, Table, child, entry_offset, result_value,
@@ -1605,7 +1606,7 @@ mod prog {
         audit || !is_drop(v.reason)
     }
 
-    /// Add a drop to this CPU's value of a `TOP_DENIED` entry.
+    /// Add a drop to the batch in this CPU's slot of its key.
     #[inline(always)]
     fn top_add(e: *mut TopValue, len: u64, now: u64, local: [u32; 4], reason: u8, action: u8) {
         // SAFETY: this CPU's value of the entry; nothing else runs on this CPU.
@@ -1622,8 +1623,8 @@ mod prog {
         e.action = action;
     }
 
-    /// Add a batch that left its slot to this CPU's value of its key's `TOP_DENIED`
-    /// entry (created if there is none).
+    /// Add a batch that left its slot (or one drop, with the slots off) to this
+    /// CPU's value of its key's `TOP_DENIED` entry (created if there is none).
     #[inline(always)]
     fn top_move(key: &TopKey, b: &TopValue) {
         let merge = |e: *mut TopValue| {
@@ -1702,11 +1703,23 @@ mod prog {
             key.proto = f.h.proto;
             key.dir = dir;
             key.v6 = f.h.v6;
-            // A repeated drop is counted in its key's slot. A drop of another key
-            // takes the slot first and then adds the old batch, copied to the
-            // stack, to `TOP_DENIED`: the order a reader relies on
-            // (`tagwall_common::reports`).
-            if let Some(s) = TOP_SLOTS.get_ptr_mut(top_slot(&key)) {
+            if rc.flags & REPORT_F_SLOTS == 0 {
+                // Where the slots' order does not hold: each drop to the table.
+                // SAFETY: as above.
+                let mut one: TopValue = unsafe { core::mem::zeroed() };
+                one.packets = 1;
+                one.bytes = len;
+                one.first_seen_ns = now;
+                one.last_seen_ns = now;
+                one.local = local;
+                one.reason = reason;
+                one.action = action;
+                top_move(&key, &one);
+            } else if let Some(s) = TOP_SLOTS.get_ptr_mut(top_slot(&key)) {
+                // A repeated drop is counted in its key's slot. A drop of another
+                // key takes the slot first and then adds the old batch, copied to
+                // the stack, to `TOP_DENIED`: the order a reader relies on
+                // (`tagwall_common::reports`).
                 // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
                 let s = unsafe { &mut *s };
                 if s.value.packets != 0 && same_top_key(&s.key, &key) {

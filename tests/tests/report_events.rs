@@ -26,7 +26,7 @@ use tagwall_common::{
     counters::{ACTION_AUDIT_PASS, ACTION_DROP, DIR_EGRESS, DIR_INGRESS},
     ct::CtKey,
     names,
-    reports::{REPORT_F_EVENTS, REPORT_F_TOP, ReportConfig, TopKey, top_slot},
+    reports::{REPORT_F_EVENTS, REPORT_F_SLOTS, REPORT_F_TOP, ReportConfig, TopKey, top_slot},
     verdict::{REASON_ALLOWED, REASON_MALFORMED, REASON_NO_MATCH, REASON_PORT},
 };
 use tagwall_tests::{
@@ -288,16 +288,9 @@ fn top_counts(h: &Harness) -> (BTreeMap<IpAddr, u64>, BTreeMap<IpAddr, u64>) {
     (reported, table)
 }
 
-/// A repeated drop is counted in its key's per-CPU slot; when another key's drop
-/// takes the slot, the slot's drops move into the table first. Every drop is
-/// reported once whichever of the two holds it.
-#[test]
-fn keys_sharing_a_slot_move_into_the_table_and_count_once() {
-    // One CPU: the slots are per CPU, and which drops moved depends on it.
-    pin_to_first_allowed_cpu();
-    let mut h = Harness::with(rules(), &Settings::stateless(false));
-    h.dp.set_report_config(ReportConfig::new(REPORT_F_TOP, 1, 1, cpus()))
-        .expect("report config");
+/// Remote addresses of drops to port 5300: `a`, `b` whose key shares `a`'s slot,
+/// and `c` whose key does not.
+fn slot_keys() -> (Ipv4Addr, Ipv4Addr, Ipv4Addr) {
     let a = Ipv4Addr::new(192, 0, 2, 9);
     let b = (1..=u32::from(u16::MAX))
         .map(|i| Ipv4Addr::from(0xc612_0000 + i))
@@ -307,36 +300,57 @@ fn keys_sharing_a_slot_move_into_the_table_and_count_once() {
         .map(|i| Ipv4Addr::from(0xc612_0000 + i))
         .find(|x| top_slot(&udp_key(*x)) != top_slot(&udp_key(a)))
         .expect("an address in another slot");
-    let send = |h: &mut Harness, to: Ipv4Addr, n: u64| {
-        let frame = ip_frame("10.0.0.2", &to.to_string(), 17, &udp(40001, 5300, b"x"));
-        for _ in 0..n {
-            assert_eq!(h.run(&frame).reason, REASON_NO_MATCH);
-        }
-    };
-    let m = |pairs: &[(Ipv4Addr, u64)]| -> BTreeMap<IpAddr, u64> {
-        pairs.iter().map(|(a, n)| (IpAddr::V4(*a), *n)).collect()
-    };
+    (a, b, c)
+}
 
+/// Send `n` UDP drops from 10.0.0.2 to `to` port 5300.
+fn send(h: &mut Harness, to: Ipv4Addr, n: u64) {
+    let frame = ip_frame("10.0.0.2", &to.to_string(), 17, &udp(40001, 5300, b"x"));
+    for _ in 0..n {
+        assert_eq!(h.run(&frame).reason, REASON_NO_MATCH);
+    }
+}
+
+fn counts(pairs: &[(Ipv4Addr, u64)]) -> BTreeMap<IpAddr, u64> {
+    pairs.iter().map(|(a, n)| (IpAddr::V4(*a), *n)).collect()
+}
+
+/// A repeated drop is counted in its key's per-CPU slot; when another key's drop
+/// takes the slot, the slot's drops move into the table first. Every drop is
+/// reported once whichever of the two holds it.
+#[test]
+fn keys_sharing_a_slot_move_into_the_table_and_count_once() {
+    // One CPU: the slots are per CPU, and which drops moved depends on it.
+    pin_to_first_allowed_cpu();
+    let mut h = Harness::with(rules(), &Settings::stateless(false));
+    h.dp.set_report_config(ReportConfig::new(
+        REPORT_F_TOP | REPORT_F_SLOTS,
+        1,
+        1,
+        cpus(),
+    ))
+    .expect("report config");
+    let (a, b, c) = slot_keys();
     send(&mut h, a, 3);
     let (reported, table) = top_counts(&h);
-    assert_eq!(reported, m(&[(a, 3)]));
-    assert_eq!(table, m(&[]), "a repeated drop stays in its slot");
+    assert_eq!(reported, counts(&[(a, 3)]));
+    assert_eq!(table, counts(&[]), "a repeated drop stays in its slot");
 
     send(&mut h, b, 2);
     let (reported, table) = top_counts(&h);
-    assert_eq!(reported, m(&[(a, 3), (b, 2)]));
-    assert_eq!(table, m(&[(a, 3)]), "b took a's slot: a's drops moved");
+    assert_eq!(reported, counts(&[(a, 3), (b, 2)]));
+    assert_eq!(table, counts(&[(a, 3)]), "b took a's slot: a's drops moved");
 
     send(&mut h, a, 4);
     send(&mut h, c, 5);
     let (reported, table) = top_counts(&h);
-    assert_eq!(reported, m(&[(a, 7), (b, 2), (c, 5)]));
-    assert_eq!(table, m(&[(a, 3), (b, 2)]), "c has a slot of its own");
+    assert_eq!(reported, counts(&[(a, 7), (b, 2), (c, 5)]));
+    assert_eq!(table, counts(&[(a, 3), (b, 2)]), "c has a slot of its own");
 
     send(&mut h, b, 1);
     let (reported, table) = top_counts(&h);
-    assert_eq!(reported, m(&[(a, 7), (b, 3), (c, 5)]));
-    assert_eq!(table, m(&[(a, 7), (b, 2)]));
+    assert_eq!(reported, counts(&[(a, 7), (b, 3), (c, 5)]));
+    assert_eq!(table, counts(&[(a, 7), (b, 2)]));
     let top = observe_loaded(&h.dp).expect("observe").top;
     let ta = top.iter().find(|t| t.remote == IpAddr::V4(a)).unwrap();
     assert!(ta.first_seen_ns > 0 && ta.first_seen_ns <= ta.last_seen_ns);
@@ -447,9 +461,11 @@ where
     .return_value
 }
 
-fn slot_test_harness() -> Harness {
+/// A harness that reports drops in the top-denied table, with `flags` besides
+/// `REPORT_F_TOP`.
+fn top_harness(flags: u32) -> Harness {
     let mut h = Harness::with(rules(), &Settings::stateless(false));
-    h.dp.set_report_config(ReportConfig::new(REPORT_F_TOP, 1, 1, cpus()))
+    h.dp.set_report_config(ReportConfig::new(REPORT_F_TOP | flags, 1, 1, cpus()))
         .expect("report config");
     h
 }
@@ -461,7 +477,7 @@ fn slot_test_harness() -> Harness {
 /// (slots read before the table) counted drops twice.
 #[test]
 fn xdp_reports_read_during_slot_moves_count_every_drop_at_most_once() {
-    let h = slot_test_harness();
+    let h = top_harness(REPORT_F_SLOTS);
     let prog = h.dp.xdp_shared();
     let run = |frame: &[u8], repeat: u32| run_repeated(prog, frame, repeat);
     let (reads, dips) = reads_during_slot_moves(&h, 2_000, XDP_DROP, &run);
@@ -472,9 +488,48 @@ fn xdp_reports_read_during_slot_moves_count_every_drop_at_most_once() {
 /// not wait: many more rounds.
 #[test]
 fn tc_reports_read_during_slot_moves_count_every_drop_at_most_once() {
-    let h = slot_test_harness();
+    let h = top_harness(REPORT_F_SLOTS);
     let prog = h.dp.tc_shared(names::PROG_TC_EGRESS);
     let run = |frame: &[u8], repeat: u32| run_repeated(prog, frame, repeat);
     let (reads, dips) = reads_during_slot_moves(&h, 200_000, TC_ACT_SHOT, &run);
     eprintln!("{reads} reads, {dips} dipped");
+}
+
+/// Without `REPORT_F_SLOTS` (a CPU that does not keep the slots' store order) each
+/// drop goes to the table itself, and a batch the slots held before they were
+/// turned off is still reported, once.
+#[test]
+fn without_slots_each_drop_goes_to_the_table() {
+    pin_to_first_allowed_cpu();
+    let mut h = top_harness(REPORT_F_SLOTS);
+    let (a, b, c) = slot_keys();
+    send(&mut h, a, 3);
+    assert_eq!(top_counts(&h), (counts(&[(a, 3)]), counts(&[])));
+    h.dp.set_report_config(ReportConfig::new(REPORT_F_TOP, 1, 1, cpus()))
+        .expect("report config");
+    send(&mut h, a, 2);
+    send(&mut h, b, 4);
+    send(&mut h, c, 1);
+    let (reported, table) = top_counts(&h);
+    assert_eq!(reported, counts(&[(a, 5), (b, 4), (c, 1)]));
+    assert_eq!(
+        table,
+        counts(&[(a, 2), (b, 4), (c, 1)]),
+        "a's batch stays in its slot"
+    );
+    let top = observe_loaded(&h.dp).expect("observe").top;
+    let tb = top.iter().find(|t| t.remote == IpAddr::V4(b)).unwrap();
+    assert!(tb.first_seen_ns > 0 && tb.first_seen_ns <= tb.last_seen_ns);
+    assert_eq!(tb.local, ip("10.0.0.2"));
+}
+
+/// [`reads_during_slot_moves`] without the slots: every finished drop is in the
+/// table, so no read dips.
+#[test]
+fn tc_reports_read_without_slots_count_every_finished_drop() {
+    let h = top_harness(0);
+    let prog = h.dp.tc_shared(names::PROG_TC_EGRESS);
+    let run = |frame: &[u8], repeat: u32| run_repeated(prog, frame, repeat);
+    let (reads, dips) = reads_during_slot_moves(&h, 50_000, TC_ACT_SHOT, &run);
+    assert_eq!(dips, 0, "{reads} reads");
 }

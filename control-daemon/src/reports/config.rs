@@ -13,8 +13,15 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use serde::Deserialize;
 use tagwall_common::reports::{
-    DEFAULT_TOP_DENIED_ENTRIES, REPORT_F_EVENTS, REPORT_F_TOP, ReportConfig,
+    DEFAULT_TOP_DENIED_ENTRIES, REPORT_F_EVENTS, REPORT_F_SLOTS, REPORT_F_TOP, ReportConfig,
 };
+
+/// Whether the daemon's machine keeps the order the datapath's top-denied slots
+/// rely on (`tagwall_common::reports`, "Top denied"): x86-64 makes a CPU's stores
+/// visible in program order. A weakly ordered CPU (arm64) could show a reader the
+/// old batch added to the table before the slot taken, and the reader would count
+/// the batch twice; there each drop goes to the table itself.
+pub const SLOTS_ORDER_HOLDS: bool = cfg!(target_arch = "x86_64");
 
 /// Largest accepted rate and burst (events per second / events).
 pub const MAX_EVENTS_PER_SECOND: u32 = 1_000_000;
@@ -33,7 +40,8 @@ pub struct ReportsConfig {
     /// Events that may be emitted at once after a quiet spell (all CPUs together).
     pub events_burst: u32,
     /// Capacity of the top-denied table (LRU: the least recently denied entry goes);
-    /// 0 turns the table off (it costs ~80 ns per dropped packet). The size is read
+    /// 0 turns the table off (BENCHMARKS.md, "top-denied" rows: what it adds to a
+    /// dropped packet, 10-15 ns, or about 40 without the slots). The size is read
     /// when the datapath is first loaded; a restart that adopts it keeps its size.
     pub top_denied_entries: u32,
     /// Serve Prometheus text metrics on `GET /metrics` at this address. `None`: off.
@@ -93,12 +101,16 @@ impl ReportsConfig {
     }
 
     /// The datapath's settings for `cpus` CPUs: top-denied counting unless its size
-    /// is 0, events when a log is configured (nobody would read them otherwise).
+    /// is 0 (with the slots in front of the table where [`SLOTS_ORDER_HOLDS`]),
+    /// events when a log is configured (nobody would read them otherwise).
     #[must_use]
     pub fn datapath(&self, cpus: u32) -> ReportConfig {
         let mut flags = 0;
         if self.top_denied_entries > 0 {
             flags |= REPORT_F_TOP;
+            if SLOTS_ORDER_HOLDS {
+                flags |= REPORT_F_SLOTS;
+            }
         }
         if self.denied_log.is_some() {
             flags |= REPORT_F_EVENTS;
@@ -153,6 +165,20 @@ mod tests {
         assert!(off.check().is_ok());
         assert_eq!(off.datapath(2).flags, 0);
         assert!(ReportsConfig::default().check().is_ok());
-        assert_eq!(ReportsConfig::default().datapath(2).flags, REPORT_F_TOP);
+        assert_eq!(
+            ReportsConfig::default().datapath(2).flags & !REPORT_F_SLOTS,
+            REPORT_F_TOP
+        );
+    }
+
+    #[test]
+    fn slots_only_where_the_order_holds_and_only_with_the_table() {
+        let on = ReportsConfig::default().datapath(2).flags;
+        assert_eq!(on & REPORT_F_SLOTS != 0, cfg!(target_arch = "x86_64"));
+        let off = ReportsConfig {
+            top_denied_entries: 0,
+            ..ReportsConfig::default()
+        };
+        assert_eq!(off.datapath(2).flags & REPORT_F_SLOTS, 0);
     }
 }

@@ -21,6 +21,7 @@ use tagwall::{
     dataplane::{Dataplane, LoadOptions, Settings},
     rules::{Direction, PortRange, Proto, Rule},
 };
+use tagwall_common::reports::{REPORT_F_SLOTS, ReportConfig};
 use tagwall_tests::pkt::{TCP_ACK, tcp4, tcp4_flags, tcp6, tcp6_flags, udp4, udp6};
 
 const XDP_PASS: u32 = 2;
@@ -93,6 +94,10 @@ const WARM_UP_AFTER_LOAD: Duration = Duration::from_secs(3);
 const NO_CACHE: &str = "XDP conntrack, no flow cache";
 /// Mode of the rows that measure denied packets with the default drop reporting.
 const REPORTS_ON: &str = "XDP conntrack, top-denied on";
+/// Mode of the rows that measure drop reporting without the slots (as the daemon
+/// runs it on a CPU that does not keep the slots' order, and about what a drop
+/// whose key takes another's slot pays for the table).
+const REPORTS_NO_SLOTS: &str = "XDP conntrack, top-denied, no slots";
 /// Modes of the rows that measure a gateway with internal prefixes (directional).
 const DIRECTIONAL_STATELESS: &str = "XDP stateless, directional";
 const DIRECTIONAL_CONNTRACK: &str = "XDP conntrack, directional";
@@ -421,16 +426,26 @@ fn bench_case(
         }
     }
     // A denied packet as `tagwall run` handles it by default: counted in the
-    // top-denied table (in its key's per-CPU slot, in front of the LRU hash). The rows above leave reporting off, as
-    // `[reports] top_denied_entries = 0` does; allowed packets never report.
+    // top-denied table (on x86-64 in its key's per-CPU slot, in front of the LRU
+    // hash). The rows above leave reporting off, as `[reports] top_denied_entries =
+    // 0` does; allowed packets never report. Then the same without the slots: each
+    // drop looks its key up in the table.
     dp.apply(&policy, &tracked)?;
-    let reports = tagwall::reports::config::ReportsConfig::default();
-    dp.set_report_config(reports.datapath(tagwall::reports::config::online_cpus()))?;
-    warm_up(&mut dp)?;
-    for (label, frame, expect) in case.frames.iter().filter(|f| f.2 == XDP_DROP) {
-        let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
-        row(REPORTS_ON, label, m);
+    let reports = tagwall::reports::config::ReportsConfig::default()
+        .datapath(tagwall::reports::config::online_cpus());
+    let no_slots = ReportConfig {
+        flags: reports.flags & !REPORT_F_SLOTS,
+        ..reports
+    };
+    for (mode, rc) in [(REPORTS_ON, reports), (REPORTS_NO_SLOTS, no_slots)] {
+        dp.set_report_config(rc)?;
+        warm_up(&mut dp)?;
+        for (label, frame, expect) in case.frames.iter().filter(|f| f.2 == XDP_DROP) {
+            let m = measure_pair(&mut dp, Hook::Xdp, frame, *expect, o)?;
+            row(mode, label, m);
+        }
     }
+    dp.set_report_config(ReportConfig::default())?;
     Ok(())
 }
 
@@ -532,7 +547,10 @@ fn report(
          (`[reports] top_denied_entries = 0`); \"top-denied on\": denied packets with \
          the default reporting of `tagwall run` (each drop counted in its key's per-CPU \
          slot in front of the top-denied LRU table; a repeated drop, as here, stays in \
-         the slot). \"directional\": a gateway with internal prefixes (10.0.0.0/16 \
+         the slot); \"top-denied, no slots\": the same without the slots, as on a CPU \
+         that does not keep the slots' store order (arm64): each drop looks its key up \
+         in the table, about what a drop whose key takes another key's slot pays for \
+         the table. \"directional\": a gateway with internal prefixes (10.0.0.0/16 \
          and fd00::/16, which hold the packets' sources), as the README's example sets \
          one up: a packet that connection tracking does not serve first walks the \
          internal prefixes for its direction. The targets below are judged on the \
