@@ -219,9 +219,12 @@ pub struct Snapshot {
     pub events: BTreeMap<String, [u64; 2]>,
     /// `direction|remote|port|protocol` -> [packets, bytes].
     pub top: BTreeMap<String, [u64; 2]>,
-    /// `direction|remote|port|protocol` -> first seen (monotonic ns): an entry the
-    /// table evicted and created again starts later, and its count from zero.
+    /// `direction|remote|port|protocol` -> first seen (monotonic ns).
     pub top_first_seen: BTreeMap<String, u64>,
+    /// `direction|remote|port|protocol` -> the latest last-seen time read (monotonic
+    /// ns): an entry the table evicted and created again was first seen after it,
+    /// and its count starts from zero.
+    pub top_last_seen: BTreeMap<String, u64>,
     /// Keys of `top` that the read of this report lacked, kept from the previous
     /// snapshot (a batch of their drops may have been moving); not kept again.
     pub top_carried: BTreeSet<String>,
@@ -568,13 +571,24 @@ pub fn build(inp: &Inputs<'_>) -> (Report, Snapshot) {
             packets: e.packets,
             bytes: e.bytes,
         };
-        // Created again since the last report (first seen later): all of its count
-        // is new. A snapshot of a version without first-seen times compares totals.
-        let recreated = inp
-            .previous
-            .and_then(|s| s.top_first_seen.get(&key))
-            .is_some_and(|f| e.first_seen_ns > *f);
+        // Created again since the last report (first seen after the last drop that
+        // report saw): all of its count is new. Not merely first seen later than
+        // before: a read that meets the batch holding the key's earliest drops
+        // moving into the table sees a later first drop, but the drops it does see
+        // include counted ones. A snapshot of a version without last-seen times
+        // compares first-seen times, one without either compares totals.
+        let recreated = inp.previous.is_some_and(|s| {
+            match (s.top_last_seen.get(&key), s.top_first_seen.get(&key)) {
+                (Some(last), _) => e.first_seen_ns > *last,
+                (None, Some(first)) => e.first_seen_ns > *first,
+                (None, None) => false,
+            }
+        });
         let p = prev_get(&|s| s.top.get(&key).copied()).filter(|_| !recreated && !reset);
+        let last_seen = match inp.previous.and_then(|s| s.top_last_seen.get(&key)) {
+            Some(l) if p.is_some() => e.last_seen_ns.max(*l),
+            _ => e.last_seen_ns,
+        };
         // A batch of drops moving from a per-CPU slot into the table is in neither
         // place for the read that meets it (`tagwall_common::reports`): the total
         // dips for that report. The next deltas start from the highest total seen,
@@ -582,6 +596,7 @@ pub fn build(inp: &Inputs<'_>) -> (Report, Snapshot) {
         let base = p.map_or(pair(now), |p| [p[0].max(now.packets), p[1].max(now.bytes)]);
         snap.top.insert(key.clone(), base);
         snap.top_first_seen.insert(key.clone(), e.first_seen_ns);
+        snap.top_last_seen.insert(key.clone(), last_seen);
         if top.len() >= inp.top_n {
             continue;
         }
@@ -622,6 +637,9 @@ pub fn build(inp: &Inputs<'_>) -> (Report, Snapshot) {
                 snap.top.insert(key.clone(), *v);
                 if let Some(f) = p.top_first_seen.get(key) {
                     snap.top_first_seen.insert(key.clone(), *f);
+                }
+                if let Some(l) = p.top_last_seen.get(key) {
+                    snap.top_last_seen.insert(key.clone(), *l);
                 }
                 snap.top_carried.insert(key.clone());
             }
@@ -1290,6 +1308,7 @@ mod tests {
         let (_, mut o3, _) = inputs_fixture();
         o3.top[0].packets = 3;
         o3.top[0].first_seen_ns = 50;
+        o3.top[0].last_seen_ns = 60;
         let (r3, snap3) = report_on(&o3, &snap);
         assert_eq!(r3.top_denied.top[0].count.delta.unwrap().packets, 3);
         assert_eq!(
@@ -1300,11 +1319,68 @@ mod tests {
         o3.top[0].packets = 7;
         let (r4, _) = report_on(&o3, &snap3);
         assert_eq!(r4.top_denied.top[0].count.delta.unwrap().packets, 4);
-        // A snapshot without first-seen times (an older version's) compares totals.
+        // A snapshot without last-seen times (an older version's) compares
+        // first-seen times; one without either compares totals.
         let mut old = snap.clone();
+        old.top_last_seen.clear();
+        let (r5, _) = report_on(&o3, &old);
+        assert_eq!(r5.top_denied.top[0].count.delta.unwrap().packets, 7);
         old.top_first_seen.clear();
         let (r5, _) = report_on(&o3, &old);
         assert_eq!(r5.top_denied.top[0].count.delta.unwrap().packets, 2);
+    }
+
+    /// A read that meets the batch holding a key's earliest drops moving into the
+    /// table sees the key first seen later than before, but not after the last drop
+    /// the previous report saw: not a new entry, and its drops not new.
+    #[test]
+    fn a_later_first_drop_within_the_counted_ones_is_not_a_new_entry() {
+        let key = FIXTURE_TOP_KEY;
+        let (_, mut o, _) = inputs_fixture();
+        // CPU 0's batch (drops at 10..=20) and CPU 1's value (drops at 15..=40).
+        o.top[0].packets = 30;
+        o.top[0].first_seen_ns = 10;
+        o.top[0].last_seen_ns = 40;
+        let (_, s1) = report_later(&o, None);
+        assert_eq!(s1.top_last_seen.get(key), Some(&40));
+        // CPU 0's batch of 12 moves: CPU 1's 18 only, first seen at 15, plus 2 new
+        // drops at 41 and 42, which also move the last drop on.
+        o.top[0].packets = 20;
+        o.top[0].first_seen_ns = 15;
+        o.top[0].last_seen_ns = 42;
+        let (r2, s2) = report_later(&o, Some(&s1));
+        assert_eq!(top_delta(&r2), 0, "a dip, not 20 new drops");
+        assert_eq!(s2.top.get(key).map(|v| v[0]), Some(30));
+        assert_eq!(s2.top_last_seen.get(key), Some(&42));
+        // The batch is back: 32 in all, 2 of them new.
+        o.top[0].packets = 32;
+        o.top[0].first_seen_ns = 10;
+        let (r3, s3) = report_later(&o, Some(&s2));
+        assert_eq!(top_delta(&r3), 2);
+        // A dip whose last drop is earlier keeps the latest one read.
+        o.top[0].last_seen_ns = 30;
+        let (_, s4) = report_later(&o, Some(&s3));
+        assert_eq!(s4.top_last_seen.get(key), Some(&42));
+        // Evicted and created again after the last drop read: all new.
+        o.top[0].packets = 3;
+        o.top[0].first_seen_ns = 43;
+        o.top[0].last_seen_ns = 45;
+        let (r5, s5) = report_later(&o, Some(&s4));
+        assert_eq!(top_delta(&r5), 3);
+        assert_eq!(s5.top_last_seen.get(key), Some(&45));
+    }
+
+    /// The top-denied key of `inputs_fixture`'s first entry.
+    const FIXTURE_TOP_KEY: &str = "outbound|10.0.7.7|5300|udp";
+
+    /// The report of `o` 10 s after the fixture's first one.
+    fn report_later(o: &Observed, previous: Option<&Snapshot>) -> (Report, Snapshot) {
+        report_of(o, previous, 1_010_000)
+    }
+
+    /// The packets delta of the report's first top-denied row.
+    fn top_delta(r: &Report) -> u64 {
+        r.top_denied.top[0].count.delta.unwrap().packets
     }
 
     /// A read that meets a batch of drops moving from a per-CPU slot into the table
@@ -1312,18 +1388,16 @@ mod tests {
     /// count the batch once.
     #[test]
     fn a_dip_or_a_missing_key_does_not_count_a_batch_twice() {
-        let report = |o: &Observed, previous: Option<&Snapshot>| report_of(o, previous, 1_010_000);
-        let key = "outbound|10.0.7.7|5300|udp";
-        let delta = |r: &Report| r.top_denied.top[0].count.delta.unwrap().packets;
+        let key = FIXTURE_TOP_KEY;
         let (_, mut o, _) = inputs_fixture();
         o.top[0].packets = 10;
         o.top[0].bytes = 1000;
-        let (_, s1) = report(&o, None);
+        let (_, s1) = report_later(&o, None);
         // A batch of 4 is moving: the total dips to 6, no delta.
         o.top[0].packets = 6;
         o.top[0].bytes = 600;
-        let (r2, s2) = report(&o, Some(&s1));
-        assert_eq!(delta(&r2), 0);
+        let (r2, s2) = report_later(&o, Some(&s1));
+        assert_eq!(top_delta(&r2), 0);
         assert_eq!(
             s2.top.get(key),
             Some(&[10, 1000]),
@@ -1332,25 +1406,25 @@ mod tests {
         // The batch arrived, with 3 new drops: 13 in all, 3 of them new.
         o.top[0].packets = 13;
         o.top[0].bytes = 1300;
-        let (r3, s3) = report(&o, Some(&s2));
-        assert_eq!(delta(&r3), 3);
+        let (r3, s3) = report_later(&o, Some(&s2));
+        assert_eq!(top_delta(&r3), 3);
         assert_eq!(s3.top.get(key), Some(&[13, 1300]));
 
         // The key is missing from a read: its baseline is kept once.
         let mut gone = o.clone();
         gone.top.clear();
-        let (r4, s4) = report(&gone, Some(&s3));
+        let (r4, s4) = report_later(&gone, Some(&s3));
         assert!(r4.top_denied.top.is_empty());
         assert_eq!(s4.top.get(key), Some(&[13, 1300]));
         assert!(s4.top_carried.contains(key));
         // Back with 2 more: 2 new, not 15.
         o.top[0].packets = 15;
         o.top[0].bytes = 1500;
-        let (r5, s5) = report(&o, Some(&s4));
-        assert_eq!(delta(&r5), 2);
+        let (r5, s5) = report_later(&o, Some(&s4));
+        assert_eq!(top_delta(&r5), 2);
         assert!(!s5.top_carried.contains(key));
         // Missing twice: the table evicted it, and the baseline goes.
-        let (_, s6) = report(&gone, Some(&s4));
+        let (_, s6) = report_later(&gone, Some(&s4));
         assert!(!s6.top.contains_key(key));
         assert!(!s6.top_first_seen.contains_key(key));
     }
