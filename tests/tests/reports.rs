@@ -4,7 +4,8 @@
 //! the denied-flow JSON lines and a real HTTP scrape of `/metrics` against it; a
 //! pasted suggestion really allows what was denied; a flood is rate limited in the
 //! kernel with every suppressed event counted while `/metrics` keeps answering; a
-//! DNS-learned name shows up in the events and the report.
+//! DNS-learned name shows up in the events and the report; a top-denied entry the
+//! LRU table evicted comes back with only its new drops.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -767,6 +768,109 @@ ports = [8080]
     let r = report(&lab, &["--no-save"]);
     assert_eq!(u(&r["events"]["emitted"]["packets"]), (2 + M) as u64);
     assert_eq!(drops(&r, "outbound", "no_match"), (2 + M) as u64);
+    daemon.stop();
+    let _ = lab.tagwall("detach", &[]);
+}
+
+/// The top-denied key of an outbound UDP drop to `remote` port `port`.
+fn udp_top_key(remote: &str, port: u16) -> tagwall_common::reports::TopKey {
+    let a: std::net::Ipv4Addr = remote.parse().expect("IPv4 literal");
+    tagwall_common::reports::TopKey {
+        addr: tagwall_common::ct::CtKey::words(&a.to_ipv6_mapped().octets()),
+        port,
+        proto: 17,
+        dir: tagwall_common::counters::DIR_EGRESS,
+        ..Default::default()
+    }
+}
+
+/// The top-denied table is an LRU: with a few entries, drops of keys that share a
+/// per-CPU slot (so each one moves the one before it into the table) evict an
+/// older key. When that key is denied again, the report shows only its new drops,
+/// and `--since-last` counts them, not the difference from its old total.
+#[test]
+fn an_evicted_top_denied_entry_comes_back_with_only_its_new_drops() {
+    use tagwall_common::reports::top_slot;
+
+    const CAPACITY: usize = 16;
+    let lab = Lab::new();
+    let policy = lab.write_policy(
+        "small-top.toml",
+        &format!(
+            r#"
+[reports]
+top_denied_entries = {CAPACITY}
+
+[[rules]]
+name = "web-a"
+to = ["10.77.2.2/32"]
+protocol = "tcp"
+ports = [8080]
+"#
+        ),
+    );
+    let daemon = lab.start_tagwall(&policy, &[]);
+    let from = sa(CLIENT_V4, 41000);
+    let key = sa(INET_B_V4, 5300);
+    // Other destinations in inet-b's subnet (the gateway drops them all) whose keys
+    // share the key's slot.
+    let slot = top_slot(&udp_top_key(INET_B_V4, 5300));
+    let mut others = (3..=250u8)
+        .flat_map(|h| (1024..=u16::MAX).map(move |p| (format!("10.77.3.{h}"), p)))
+        .filter(|(a, p)| top_slot(&udp_top_key(a, *p)) == slot)
+        .map(|(a, p)| sa(&a, p));
+    let row = |r: &Value, to: SocketAddr| {
+        find(&r["top_denied"]["top"], |t| {
+            t["remote"] == to.ip().to_string() && t["port"] == to.port()
+        })
+        .cloned()
+    };
+
+    assert_eq!(send_udp(&lab.client, from, key, 3), 3);
+    let r1 = report(&lab, &["--top", "1000"]);
+    assert_eq!(u(&r1["top_denied"]["capacity"]), CAPACITY as u64);
+    let t = row(&r1, key).expect("the key reported");
+    assert_eq!(u(&t["packets"]), 3, "{t}");
+
+    // The kernel's LRU is approximate (a recently used entry survives a round of
+    // evictions): new keys until the key has gone.
+    let mut rounds = 0;
+    loop {
+        let batch: Vec<SocketAddr> = others.by_ref().take(3 * CAPACITY).collect();
+        assert_eq!(batch.len(), 3 * CAPACITY, "keys that share the slot");
+        for to in &batch {
+            assert_eq!(send_udp(&lab.client, from, *to, 1), 1);
+        }
+        let r2 = report(&lab, &["--top", "1000", "--no-save"]);
+        let entries = u(&r2["top_denied"]["entries"]);
+        // The table's entries, plus what the slots hold (on x86-64 the last key's,
+        // one per CPU at most).
+        assert!(
+            entries <= (CAPACITY + 2) as u64,
+            "{entries} keys reported with a table of {CAPACITY}"
+        );
+        let last = row(&r2, *batch.last().unwrap()).expect("the latest key is reported");
+        assert_eq!(u(&last["packets"]), 1);
+        rounds += 1;
+        if row(&r2, key).is_none() {
+            break;
+        }
+        assert!(
+            rounds < 10,
+            "the key outlived {rounds} rounds: {}",
+            r2["top_denied"]
+        );
+    }
+
+    assert_eq!(send_udp(&lab.client, from, key, 2), 2);
+    let r3 = report(&lab, &["--top", "1000", "--since-last"]);
+    let t = row(&r3, key).expect("the key reported again");
+    assert_eq!(
+        (u(&t["packets"]), u(&t["delta"]["packets"])),
+        (2, 2),
+        "only the new entry's drops, all of them new: {t}"
+    );
+    eprintln!("evicted after {rounds} rounds of {} keys", 3 * CAPACITY);
     daemon.stop();
     let _ = lab.tagwall("detach", &[]);
 }
