@@ -1606,21 +1606,29 @@ mod prog {
         audit || !is_drop(v.reason)
     }
 
-    /// Add a drop to the batch in this CPU's slot of its key.
+    /// Add a drop to the batch `e` (not empty) in this CPU's slot of its key.
     #[inline(always)]
-    fn top_add(e: *mut TopValue, len: u64, now: u64, local: [u32; 4], reason: u8, action: u8) {
-        // SAFETY: this CPU's value of the entry; nothing else runs on this CPU.
-        let e = unsafe { &mut *e };
-        if e.packets == 0 {
-            // First drop of the entry on this CPU (the entry came from another CPU).
-            e.first_seen_ns = now;
-        }
+    fn top_add(e: &mut TopValue, len: u64, now: u64, local: [u32; 4], reason: u8, action: u8) {
         e.packets += 1;
         e.bytes += len;
         e.last_seen_ns = now;
         e.local = local;
         e.reason = reason;
         e.action = action;
+    }
+
+    /// Make `v` the counts of one drop: a batch that starts with it, or (with the
+    /// slots off) the drop to add to the table. Field by field: a literal's padding
+    /// became a `memset` call.
+    #[inline(always)]
+    fn top_one(v: &mut TopValue, len: u64, now: u64, local: [u32; 4], reason: u8, action: u8) {
+        v.packets = 1;
+        v.bytes = len;
+        v.first_seen_ns = now;
+        v.last_seen_ns = now;
+        v.local = local;
+        v.reason = reason;
+        v.action = action;
     }
 
     /// Add a batch that left its slot (or one drop, with the slots off) to this
@@ -1707,13 +1715,7 @@ mod prog {
                 // Where the slots' order does not hold: each drop to the table.
                 // SAFETY: as above.
                 let mut one: TopValue = unsafe { core::mem::zeroed() };
-                one.packets = 1;
-                one.bytes = len;
-                one.first_seen_ns = now;
-                one.last_seen_ns = now;
-                one.local = local;
-                one.reason = reason;
-                one.action = action;
+                top_one(&mut one, len, now, local, reason, action);
                 top_move(&key, &one);
             } else if let Some(s) = TOP_SLOTS.get_ptr_mut(top_slot(&key)) {
                 // A repeated drop is counted in its key's slot. A drop of another
@@ -1732,13 +1734,7 @@ mod prog {
                     unsafe { core::ptr::write_volatile(&mut s.batch_first, b) };
                     compiler_fence(Ordering::SeqCst);
                     s.key = key;
-                    s.value.packets = 1;
-                    s.value.bytes = len;
-                    s.value.first_seen_ns = now;
-                    s.value.last_seen_ns = now;
-                    s.value.local = local;
-                    s.value.reason = reason;
-                    s.value.action = action;
+                    top_one(&mut s.value, len, now, local, reason, action);
                     compiler_fence(Ordering::SeqCst);
                     // SAFETY: as above.
                     unsafe { core::ptr::write_volatile(&mut s.batch_last, b) };
