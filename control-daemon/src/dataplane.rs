@@ -635,30 +635,21 @@ impl Dataplane {
             .expect("tagwall_xdp is XDP")
     }
 
-    /// The XDP program, shared (BPF_PROG_TEST_RUN from several threads).
+    /// A program of the object as its type `P` (`Xdp`, `SchedClassifier`), shared
+    /// (BPF_PROG_TEST_RUN from several threads).
     ///
     /// # Panics
-    /// As [`Dataplane::xdp`].
+    /// If `name` is not a program of the object of type `P`.
     #[must_use]
-    pub fn xdp_shared(&self) -> &Xdp {
-        self.ebpf
-            .program(names::PROG_XDP)
-            .expect("tagwall_xdp in the object")
-            .try_into()
-            .expect("tagwall_xdp is XDP")
-    }
-
-    /// A TC program of the object, shared (BPF_PROG_TEST_RUN from several threads).
-    ///
-    /// # Panics
-    /// As [`Dataplane::tc`].
-    #[must_use]
-    pub fn tc_shared(&self, name: &'static str) -> &SchedClassifier {
+    pub fn program_shared<'a, P>(&'a self, name: &'static str) -> &'a P
+    where
+        &'a P: TryFrom<&'a aya::programs::Program>,
+    {
         self.ebpf
             .program(name)
             .unwrap_or_else(|| panic!("{name} in the object"))
             .try_into()
-            .unwrap_or_else(|_| panic!("{name} is a TC program"))
+            .unwrap_or_else(|_| panic!("{name} of the type asked for"))
     }
 
     /// A TC program of the object (for BPF_PROG_TEST_RUN; loaded if the load's

@@ -236,3 +236,16 @@ pub fn pin_to_first_allowed_cpu() {
         );
     }
 }
+
+/// The `TOP_SLOTS` slot (`tagwall_common::reports::top_slot`) of the top-denied key
+/// of an outbound UDP drop to `remote` port `port`.
+#[must_use]
+pub fn udp_top_slot(remote: std::net::Ipv4Addr, port: u16) -> u32 {
+    tagwall_common::reports::top_slot(&tagwall_common::reports::TopKey {
+        addr: tagwall_common::ct::CtKey::words(&remote.to_ipv6_mapped().octets()),
+        port,
+        proto: 17,
+        dir: tagwall_common::counters::DIR_EGRESS,
+        ..Default::default()
+    })
+}

@@ -12,25 +12,26 @@ use std::{
 use aya::{
     TestRunResult,
     maps::{MapData, RingBuf},
-    programs::{TestRun, TestRunOptions},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use tagwall::{
     dataplane::Settings,
     reports::{
         events::{Event, decode},
-        maps::{EventCounters, observe_loaded, read_table},
+        maps::{EventCounters, key_addr, observe_loaded, read_table},
     },
     rules::{Direction, Proto, Rule},
 };
 use tagwall_common::{
     counters::{ACTION_AUDIT_PASS, ACTION_DROP, DIR_EGRESS, DIR_INGRESS},
-    ct::CtKey,
     names,
-    reports::{REPORT_F_EVENTS, REPORT_F_SLOTS, REPORT_F_TOP, ReportConfig, TopKey, top_slot},
+    reports::{REPORT_F_EVENTS, REPORT_F_SLOTS, REPORT_F_TOP, ReportConfig},
     verdict::{REASON_ALLOWED, REASON_MALFORMED, REASON_NO_MATCH, REASON_PORT},
 };
 use tagwall_tests::{
-    harness::{Harness, Prog, TC_ACT_SHOT, XDP_DROP, XDP_PASS, pin_to_first_allowed_cpu},
+    harness::{
+        Harness, Prog, TC_ACT_SHOT, XDP_DROP, XDP_PASS, pin_to_first_allowed_cpu, udp_top_slot,
+    },
     pkt::*,
 };
 
@@ -259,17 +260,6 @@ fn events_off_means_no_events_and_no_counts() {
     assert_eq!(observe_loaded(&h.dp).unwrap().top[0].packets, 1);
 }
 
-/// The top-denied key of an outbound UDP drop to `remote` port 5300.
-fn udp_key(remote: Ipv4Addr) -> TopKey {
-    TopKey {
-        addr: CtKey::words(&remote.to_ipv6_mapped().octets()),
-        port: 5300,
-        proto: 17,
-        dir: DIR_EGRESS,
-        ..TopKey::default()
-    }
-}
-
 /// Packets per remote address: as the reports see them (slots and table), and in
 /// the table alone.
 fn top_counts(h: &Harness) -> (BTreeMap<IpAddr, u64>, BTreeMap<IpAddr, u64>) {
@@ -279,11 +269,7 @@ fn top_counts(h: &Harness) -> (BTreeMap<IpAddr, u64>, BTreeMap<IpAddr, u64>) {
     let table = read_table(h.dp.map(names::MAP_TOP_DENIED).expect("table"))
         .expect("read the table")
         .into_iter()
-        .map(|(k, v)| {
-            let b = CtKey::bytes(&k.addr);
-            let remote = IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15]));
-            (remote, v.iter().map(|x| x.packets).sum())
-        })
+        .map(|(k, v)| (key_addr(&k.addr, false), v.iter().map(|x| x.packets).sum()))
         .collect();
     (reported, table)
 }
@@ -294,11 +280,11 @@ fn slot_keys() -> (Ipv4Addr, Ipv4Addr, Ipv4Addr) {
     let a = Ipv4Addr::new(192, 0, 2, 9);
     let b = (1..=u32::from(u16::MAX))
         .map(|i| Ipv4Addr::from(0xc612_0000 + i))
-        .find(|x| top_slot(&udp_key(*x)) == top_slot(&udp_key(a)))
+        .find(|x| udp_top_slot(*x, 5300) == udp_top_slot(a, 5300))
         .expect("an address whose key shares a's slot");
     let c = (1..=u32::from(u16::MAX))
         .map(|i| Ipv4Addr::from(0xc612_0000 + i))
-        .find(|x| top_slot(&udp_key(*x)) != top_slot(&udp_key(a)))
+        .find(|x| udp_top_slot(*x, 5300) != udp_top_slot(a, 5300))
         .expect("an address in another slot");
     (a, b, c)
 }
@@ -379,7 +365,7 @@ fn reads_during_slot_moves(
     keys.extend(
         (1..=u32::from(u16::MAX))
             .map(|i| Ipv4Addr::from(0xc612_0000 + i))
-            .filter(|x| top_slot(&udp_key(*x)) == top_slot(&udp_key(a)))
+            .filter(|x| udp_top_slot(*x, 5300) == udp_top_slot(a, 5300))
             .take(2),
     );
     assert_eq!(keys.len(), 3);
@@ -478,7 +464,7 @@ fn top_harness(flags: u32) -> Harness {
 #[test]
 fn xdp_reports_read_during_slot_moves_count_every_drop_at_most_once() {
     let h = top_harness(REPORT_F_SLOTS);
-    let prog = h.dp.xdp_shared();
+    let prog: &Xdp = h.dp.program_shared(names::PROG_XDP);
     let run = |frame: &[u8], repeat: u32| run_repeated(prog, frame, repeat);
     let (reads, dips) = reads_during_slot_moves(&h, 2_000, XDP_DROP, &run);
     eprintln!("{reads} reads, {dips} dipped");
@@ -489,7 +475,7 @@ fn xdp_reports_read_during_slot_moves_count_every_drop_at_most_once() {
 #[test]
 fn tc_reports_read_during_slot_moves_count_every_drop_at_most_once() {
     let h = top_harness(REPORT_F_SLOTS);
-    let prog = h.dp.tc_shared(names::PROG_TC_EGRESS);
+    let prog: &SchedClassifier = h.dp.program_shared(names::PROG_TC_EGRESS);
     let run = |frame: &[u8], repeat: u32| run_repeated(prog, frame, repeat);
     let (reads, dips) = reads_during_slot_moves(&h, 200_000, TC_ACT_SHOT, &run);
     eprintln!("{reads} reads, {dips} dipped");
@@ -528,7 +514,7 @@ fn without_slots_each_drop_goes_to_the_table() {
 #[test]
 fn tc_reports_read_without_slots_count_every_finished_drop() {
     let h = top_harness(0);
-    let prog = h.dp.tc_shared(names::PROG_TC_EGRESS);
+    let prog: &SchedClassifier = h.dp.program_shared(names::PROG_TC_EGRESS);
     let run = |frame: &[u8], repeat: u32| run_repeated(prog, frame, repeat);
     let (reads, dips) = reads_during_slot_moves(&h, 50_000, TC_ACT_SHOT, &run);
     assert_eq!(dips, 0, "{reads} reads");

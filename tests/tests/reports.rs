@@ -8,7 +8,7 @@
 //! LRU table evicted comes back with only its new drops.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
     path::Path,
     sync::atomic::Ordering,
     time::{Duration, Instant},
@@ -17,6 +17,7 @@ use std::{
 use serde_json::Value;
 use tagwall::reports::time::{rfc3339, unix_ns};
 use tagwall_tests::{
+    harness::udp_top_slot,
     lab::*,
     netns::{Netns, wait_for},
 };
@@ -772,26 +773,12 @@ ports = [8080]
     let _ = lab.tagwall("detach", &[]);
 }
 
-/// The top-denied key of an outbound UDP drop to `remote` port `port`.
-fn udp_top_key(remote: &str, port: u16) -> tagwall_common::reports::TopKey {
-    let a: std::net::Ipv4Addr = remote.parse().expect("IPv4 literal");
-    tagwall_common::reports::TopKey {
-        addr: tagwall_common::ct::CtKey::words(&a.to_ipv6_mapped().octets()),
-        port,
-        proto: 17,
-        dir: tagwall_common::counters::DIR_EGRESS,
-        ..Default::default()
-    }
-}
-
 /// The top-denied table is an LRU: with a few entries, drops of keys that share a
 /// per-CPU slot (so each one moves the one before it into the table) evict an
 /// older key. When that key is denied again, the report shows only its new drops,
 /// and `--since-last` counts them, not the difference from its old total.
 #[test]
 fn an_evicted_top_denied_entry_comes_back_with_only_its_new_drops() {
-    use tagwall_common::reports::top_slot;
-
     const CAPACITY: usize = 16;
     let lab = Lab::new();
     let policy = lab.write_policy(
@@ -814,11 +801,11 @@ ports = [8080]
     let key = sa(INET_B_V4, 5300);
     // Other destinations in inet-b's subnet (the gateway drops them all) whose keys
     // share the key's slot.
-    let slot = top_slot(&udp_top_key(INET_B_V4, 5300));
+    let slot = udp_top_slot(INET_B_V4.parse().expect("IPv4 literal"), 5300);
     let mut others = (3..=250u8)
-        .flat_map(|h| (1024..=u16::MAX).map(move |p| (format!("10.77.3.{h}"), p)))
-        .filter(|(a, p)| top_slot(&udp_top_key(a, *p)) == slot)
-        .map(|(a, p)| sa(&a, p));
+        .flat_map(|h| (1024..=u16::MAX).map(move |p| (Ipv4Addr::new(10, 77, 3, h), p)))
+        .filter(|(a, p)| udp_top_slot(*a, *p) == slot)
+        .map(|(a, p)| SocketAddr::new(a.into(), p));
     let row = |r: &Value, to: SocketAddr| {
         find(&r["top_denied"]["top"], |t| {
             t["remote"] == to.ip().to_string() && t["port"] == to.port()

@@ -580,9 +580,10 @@ mod tests {
 
     /// Every way a reader's loads can fall between the program's stores: the table's
     /// keys one at a time, then the slot from its start: its last batch number, its
-    /// key and value, its first batch number (once more when the two differ). No read counts a drop that had not begun by its
-    /// end, so none twice; each has every drop finished by its start but those of
-    /// a batch that was moving during the read.
+    /// key and value, its first batch number (once more when the two differ). No
+    /// read counts a drop that had not begun by its end, so none twice; each has
+    /// every drop finished by its start but those of a batch that was moving during
+    /// the read.
     #[test]
     fn every_interleaving_of_a_read_with_slot_moves_counts_each_drop_at_most_once() {
         let (a, b, c) = (key(1), key(2), key(3));
