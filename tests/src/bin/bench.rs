@@ -37,9 +37,12 @@ struct Opts {
     max_synthetic: usize,
     /// `xdp` (per-packet and control plane, the default), `throughput`, or `all`.
     section: String,
-    /// Only the per-packet cases whose name contains this (quick iterations while
-    /// profiling; the committed BENCHMARKS.md is made without it).
+    /// Only the per-packet cases and throughput policies whose name contains this
+    /// (quick iterations while profiling; the committed BENCHMARKS.md is made
+    /// without it).
     case: Option<String>,
+    /// Throughput: only the filters whose label contains this (and the baselines).
+    filter: Option<String>,
 }
 
 /// A policy to measure and the packets to send through it.
@@ -708,6 +711,7 @@ fn parse_args() -> Result<Opts, String> {
         max_synthetic: 1_000_000,
         section: "xdp".into(),
         case: None,
+        filter: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -727,9 +731,10 @@ fn parse_args() -> Result<Opts, String> {
             }
             "--section" => o.section = val("--section")?,
             "--case" => o.case = Some(val("--case")?),
+            "--filter" => o.filter = Some(val("--filter")?),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (--repeat N --runs N --output FILE --max-synthetic N --section xdp|throughput|dns|all --case NAME)"
+                    "unknown argument {other:?} (--repeat N --runs N --output FILE --max-synthetic N --section xdp|throughput|dns|all --case NAME --filter LABEL)"
                 ));
             }
         }
@@ -901,7 +906,12 @@ fn throughput(o: &Opts, cmd: &str) -> Option<String> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
-    let opts = tagwall_tests::throughput::Options { runs: o.runs, secs };
+    let opts = tagwall_tests::throughput::Options {
+        runs: o.runs,
+        secs,
+        policy: o.case.clone(),
+        filter: o.filter.clone(),
+    };
     tagwall_tests::throughput::run(&opts, cmd, &machine())
         .inspect_err(|e| eprintln!("bench: throughput: {e:#}"))
         .ok()

@@ -1,8 +1,8 @@
 //! A packet generator that injects XDP frames into a veth with BPF_PROG_RUN in live
 //! frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, the mechanism of xdp-tools'
 //! xdp-trafficgen): no socket, no sk_buff on the sending side. A tiny XDP program
-//! (assembled here, 30-odd instructions) picks a random destination from a table for
-//! every frame, rewrites it into the frame and returns `XDP_TX`, which transmits the
+//! (assembled here, 30-odd instructions) picks a random frame from its CPU's table
+//! for every frame, copies it over the packet and returns `XDP_TX`, which transmits the
 //! frame out of the generator's veth into the peer's receive ring as an XDP frame,
 //! the way a NIC driver hands frames to native XDP.
 //!
@@ -31,7 +31,7 @@ const BPF_MAP_UPDATE_ELEM: i64 = 2;
 const BPF_PROG_LOAD: i64 = 5;
 const BPF_OBJ_GET: i64 = 7;
 const BPF_PROG_TEST_RUN: i64 = 10;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 const XDP_TX: i32 = 3;
@@ -214,18 +214,17 @@ fn add(a: u16, b: u16) -> u16 {
     fold(u32::from(a) + u32::from(b))
 }
 
-/// TCP SYN template from `src` to `dst:dport` with valid checksums; `src_mac` is the
-/// generator's, `dst_mac` the gateway's.
+/// TCP SYN template from `src:sport` to `dst:dport` with valid checksums; `src_mac`
+/// is the generator's, `dst_mac` the gateway's.
 #[must_use]
 pub fn template(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
-    src: IpAddr,
-    dst: IpAddr,
-    dport: u16,
+    (src, sport): (IpAddr, u16),
+    (dst, dport): (IpAddr, u16),
 ) -> Vec<u8> {
     let mut tcp = vec![0u8; 20];
-    tcp[0..2].copy_from_slice(&40_000u16.to_be_bytes());
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
     tcp[12] = 5 << 4;
@@ -294,6 +293,21 @@ pub fn checksums_ok(f: &[u8]) -> bool {
     ip_ok && add(pseudo, sum16(tcp)) == 0xffff
 }
 
+/// Number of possible CPUs (per-CPU map values have one slot each, in the order of
+/// the possible CPUs' numbers).
+///
+/// # Errors
+/// The sysfs file missing or not a CPU list.
+pub fn possible_cpus() -> anyhow::Result<usize> {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    let mut n = 0;
+    for part in s.trim().split(',') {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        n += hi.parse::<usize>()? - lo.parse::<usize>()? + 1;
+    }
+    Ok(n)
+}
+
 /// A loaded generator for one address family: program, frame table, first frame.
 pub struct Family {
     prog: OwnedFd,
@@ -302,34 +316,53 @@ pub struct Family {
 }
 
 impl Family {
-    /// `frames` (all of one length, e.g. [`template`]s of one family) are sent with
-    /// equal probability; their count is rounded down to a power of two.
+    /// `per_cpu[c]` are the frames that CPU `c` sends (CPU numbers past the list
+    /// take it round, `c % len`), each with equal probability. Every list has the
+    /// same count, rounded down to a power of two, and every frame the same length
+    /// (e.g. [`template`]s of one family). The table is a per-CPU array, so that the
+    /// CPUs can send flows of their own, as a NIC's receive-side scaling keeps a flow
+    /// on one queue.
     ///
     /// # Errors
-    /// Frames of different lengths or with bad checksums; the kernel refusing the map
-    /// or the program (the verifier's log is in the message).
-    pub fn load(frames: &[Vec<u8>]) -> anyhow::Result<Self> {
-        ensure!(!frames.is_empty(), "no frames");
-        let len = frames[0].len();
-        for f in frames {
-            ensure!(f.len() == len, "frames of different lengths");
-            ensure!(checksums_ok(f), "a frame has wrong checksums");
+    /// Lists of different counts, frames of different lengths or with bad checksums;
+    /// the kernel refusing the map or the program (the verifier's log is in the
+    /// message).
+    pub fn load(per_cpu: &[Vec<Vec<u8>>]) -> anyhow::Result<Self> {
+        ensure!(!per_cpu.is_empty() && !per_cpu[0].is_empty(), "no frames");
+        let (count, len) = (per_cpu[0].len(), per_cpu[0][0].len());
+        for frames in per_cpu {
+            ensure!(frames.len() == count, "CPUs with different frame counts");
+            for f in frames {
+                ensure!(f.len() == len, "frames of different lengths");
+                ensure!(checksums_ok(f), "a frame has wrong checksums");
+            }
         }
-        let n = 1usize << frames.len().ilog2();
+        let n = 1usize << count.ilog2();
         let mut attr = [0u64; 16];
-        attr[0] = u64::from(BPF_MAP_TYPE_ARRAY) | (4u64 << 32); // map_type, key_size
+        attr[0] = u64::from(BPF_MAP_TYPE_PERCPU_ARRAY) | (4u64 << 32); // map_type, key_size
         attr[1] = len as u64 | ((n as u64) << 32); // value_size, max_entries
         let map = owned(sys_bpf(BPF_MAP_CREATE, &mut attr).context("BPF_MAP_CREATE")?);
-        for (i, f) in frames.iter().take(n).enumerate() {
-            let key = u32::try_from(i).expect("small");
-            map_update(&map, &key.to_ne_bytes(), f)?;
+        // A per-CPU value from user space: one slot per possible CPU, 8-byte aligned.
+        let stride = len.next_multiple_of(8);
+        let cpus = possible_cpus()?;
+        let mut value = vec![0u8; stride * cpus];
+        // Slot k is the k-th possible CPU's; with possible CPUs numbered from 0
+        // without gaps (as here), CPU k's.
+        let mut lists: Vec<_> = (0..cpus)
+            .map(|c| per_cpu[c % per_cpu.len()].iter())
+            .collect();
+        for key in 0..u32::try_from(n).expect("small") {
+            for (slot, list) in value.chunks_mut(stride).zip(&mut lists) {
+                slot[..len].copy_from_slice(list.next().expect("n <= count"));
+            }
+            map_update(&map, &key.to_ne_bytes(), &value)?;
         }
         let insns = program(len, map.as_raw_fd(), u32::try_from(n - 1).expect("small"));
         let prog = load_xdp(&insns, "the generator program")?;
         Ok(Self {
             prog,
             _map: map,
-            frame: frames[0].clone(),
+            frame: per_cpu[0][0].clone(),
         })
     }
 
@@ -365,18 +398,19 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Start one thread per CPU in `netns` (a /var/run/netns path), each sending
-    /// chunks of frames of each family in turn out of interface `ifname`.
+    /// Start one thread on each of `cpus` (pinned) in `netns` (a /var/run/netns
+    /// path), each sending chunks of frames of each family in turn out of interface
+    /// `ifname`, from its CPU's table ([`Family::load`]).
     pub fn start(
         netns: &str,
         ifname: &str,
         fams: Arc<Vec<Family>>,
-        cpus: usize,
+        cpus: &[usize],
     ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let tids = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
-        for cpu in 0..cpus {
+        for &cpu in cpus {
             let (stop, fams, path, ifname, tids) = (
                 stop.clone(),
                 fams.clone(),
@@ -390,11 +424,17 @@ impl Sender {
                 let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
                 ensure!(rc == 0, "setns {path}: {}", std::io::Error::last_os_error());
                 // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
-                unsafe {
+                let rc = unsafe {
                     let mut set: libc::cpu_set_t = std::mem::zeroed();
                     libc::CPU_SET(cpu, &mut set);
-                    libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
-                }
+                    libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set)
+                };
+                // Unpinned, the thread would send another CPU's flows.
+                ensure!(
+                    rc == 0,
+                    "pinning a sender to CPU {cpu}: {}",
+                    std::io::Error::last_os_error()
+                );
                 let c = std::ffi::CString::new(ifname.clone()).expect("no NUL");
                 // SAFETY: NUL-terminated name.
                 let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -462,7 +502,12 @@ mod tests {
             ("fd00::2", "2603:1000::1"),
             ("fd00::2", "ffff:ffff::ffff"),
         ] {
-            let f = template(m, m, src.parse().unwrap(), dst.parse().unwrap(), 443);
+            let f = template(
+                m,
+                m,
+                (src.parse().unwrap(), 40_000),
+                (dst.parse().unwrap(), 443),
+            );
             assert!(checksums_ok(&f), "{dst}");
             let mut bad = f.clone();
             *bad.last_mut().unwrap() ^= 1;

@@ -1,5 +1,5 @@
 //! Throughput through a gateway namespace, side by side (issue #7 part 2): tagwall XDP
-//! (native and generic) vs the same policy exported to nftables vs iptables + ipset vs
+//! (native, native stateless, generic, fast forward) vs the same policy exported to nftables vs iptables + ipset vs
 //! xdp-filter (what it can express) vs no filter, for packets the policy allows and
 //! packets it denies, with the AML default policy and the full Public Service Tags.
 //!
@@ -14,7 +14,7 @@
 //! Every filter gets fresh namespaces (so no filter leaves hooks or tables behind for
 //! the next), its own private bpffs, and everything goes when the guards drop. The
 //! generator ([`livegen`]) injects XDP frames into the veth from one pinned thread per
-//! CPU; the gateway processes them in the same softirq context, so a figure is packets
+//! CPU, each CPU's flows its own; the gateway processes them in the same softirq context, so a figure is packets
 //! per CPU-second of generator + gateway work, and ratios compare the gateway work.
 //! Rounds interleave the filters; figures are medians over rounds, ratios medians of
 //! per-round ratios against the no-filter (and nftables) measurement of that round.
@@ -50,6 +50,8 @@ const GW_V6: Ipv6Addr = Ipv6Addr::new(0xfd78, 1, 0, 0, 0, 0, 0, 1);
 /// Destinations per family in each traffic set (a power of two: the generator's table).
 const DESTS: usize = 1024;
 const PORT: u16 = 443;
+/// The first sending CPU's source port (the others' follow it).
+const SPORT: u16 = 40_000;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -58,6 +60,11 @@ pub struct Options {
     pub runs: usize,
     /// Measured seconds per figure (after a warm-up of a quarter of it).
     pub secs: f64,
+    /// Only the policies whose name contains this (`bench --case`).
+    pub policy: Option<String>,
+    /// Only the filters whose label contains this, plus the baselines (no filter,
+    /// nftables) every ratio needs (`bench --filter`).
+    pub filter: Option<String>,
 }
 
 /// The filters compared.
@@ -65,6 +72,7 @@ pub struct Options {
 pub enum Filter {
     None,
     TagwallNative,
+    TagwallStateless,
     TagwallGeneric,
     TagwallFastForward,
     Nft,
@@ -74,9 +82,10 @@ pub enum Filter {
 }
 
 impl Filter {
-    const ALL: [Filter; 8] = [
+    const ALL: [Filter; 9] = [
         Filter::None,
         Filter::TagwallNative,
+        Filter::TagwallStateless,
         Filter::TagwallGeneric,
         Filter::TagwallFastForward,
         Filter::Nft,
@@ -89,6 +98,7 @@ impl Filter {
         match self {
             Filter::None => "no filter",
             Filter::TagwallNative => "tagwall (native XDP)",
+            Filter::TagwallStateless => "tagwall (native XDP, stateless)",
             Filter::TagwallGeneric => "tagwall (generic XDP)",
             Filter::TagwallFastForward => "tagwall (native XDP, fast forward)",
             Filter::Nft => "nftables (tagwall export --nft)",
@@ -473,40 +483,37 @@ fn xdp_filter_maps(bpffs: &Path) -> anyhow::Result<(OwnedFd, OwnedFd)> {
     Ok((open("filter_ipv4")?, open("filter_ipv6")?))
 }
 
-/// Number of possible CPUs (per-CPU map values have one slot each).
-fn possible_cpus() -> anyhow::Result<usize> {
-    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    let mut n = 0;
-    for part in s.trim().split(',') {
-        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-        n += hi.parse::<usize>()? - lo.parse::<usize>()? + 1;
-    }
-    Ok(n)
-}
-
 /// Set a filter up in fresh namespaces. Returns the topology (which owns it).
 fn setup(f: Filter, p: &Policy, cpus: usize) -> anyhow::Result<Topo> {
     let mut t = Topo::new(cpus)?;
     match f {
         Filter::None => {}
-        Filter::TagwallNative | Filter::TagwallGeneric | Filter::TagwallFastForward => {
+        Filter::TagwallNative
+        | Filter::TagwallStateless
+        | Filter::TagwallGeneric
+        | Filter::TagwallFastForward => {
             let mode = if f == Filter::TagwallGeneric {
                 "generic"
             } else {
                 "native"
             };
-            let config = if f == Filter::TagwallFastForward {
-                // The same policy, plus fast forwarding out of the sink veth (next to
-                // the original, whose relative paths it shares).
-                let text = std::fs::read_to_string(&p.config)?;
-                let ff = p.config.with_file_name(format!("ff-{}.toml", t.sink));
-                std::fs::write(
-                    &ff,
-                    format!("{text}\n[fast_forward]\ninterfaces = [\"{}\"]\n", t.sink),
-                )?;
-                ff
-            } else {
-                p.config.clone()
+            // The same policy, plus a setting of the variant (in a file next to the
+            // original, whose relative paths it shares).
+            let extra = match f {
+                Filter::TagwallFastForward => {
+                    Some(format!("[fast_forward]\ninterfaces = [\"{}\"]\n", t.sink))
+                }
+                Filter::TagwallStateless => Some("[conntrack]\nenabled = false\n".to_owned()),
+                _ => None,
+            };
+            let config = match extra {
+                Some(extra) => {
+                    let text = std::fs::read_to_string(&p.config)?;
+                    let c = p.config.with_file_name(format!("variant-{}.toml", t.sink));
+                    std::fs::write(&c, format!("{text}\n{extra}"))?;
+                    c
+                }
+                None => p.config.clone(),
             };
             let log = t.dir.path.join("tagwall.log");
             let mut cmd = t.tagwall("run")?;
@@ -609,7 +616,7 @@ fn setup(f: Filter, p: &Policy, cpus: usize) -> anyhow::Result<Topo> {
             // pinned maps opened once: 2048 `xdp-filter ip` runs took seconds.
             let (v4, v6) = xdp_filter_maps(&bpffs)?;
             const MAP_FLAG_DST: u64 = 1 << 1;
-            let value: Vec<u8> = (0..possible_cpus()?)
+            let value: Vec<u8> = (0..livegen::possible_cpus()?)
                 .flat_map(|_| MAP_FLAG_DST.to_ne_bytes())
                 .collect();
             for a in &p.allow {
@@ -824,8 +831,12 @@ fn mac_str(m: [u8; 6]) -> String {
         .join(":")
 }
 
-/// Generator programs for a destination set (both families).
-fn generators(dsts: &[IpAddr]) -> anyhow::Result<Arc<Vec<livegen::Family>>> {
+/// Generator programs for a destination set (both families), for `cpus` sending
+/// threads. Each CPU sends from a source port of its own (`SPORT + cpu`), so that
+/// no flow arrives on two CPUs, as a NIC's receive-side scaling keeps a flow on one
+/// queue; with one port for all, both CPUs updated the same connection-tracking
+/// entries and their cache lines went back and forth between the CPUs.
+fn generators(dsts: &[IpAddr], cpus: usize) -> anyhow::Result<Arc<Vec<livegen::Family>>> {
     let mut fams = Vec::new();
     for src in [IpAddr::V4(GEN_V4), IpAddr::V6(GEN_V6)] {
         let d: Vec<IpAddr> = dsts
@@ -833,11 +844,15 @@ fn generators(dsts: &[IpAddr]) -> anyhow::Result<Arc<Vec<livegen::Family>>> {
             .copied()
             .filter(|a| a.is_ipv4() == src.is_ipv4())
             .collect();
-        let frames: Vec<Vec<u8>> = d
-            .iter()
-            .map(|dst| livegen::template(GEN_MAC, GW_MAC, src, *dst, PORT))
+        let per_cpu: Vec<Vec<Vec<u8>>> = (0..cpus)
+            .map(|cpu| {
+                let sport = SPORT + u16::try_from(cpu).expect("CPU count fits u16");
+                d.iter()
+                    .map(|dst| livegen::template(GEN_MAC, GW_MAC, (src, sport), (*dst, PORT)))
+                    .collect()
+            })
             .collect();
-        fams.push(livegen::Family::load(&frames)?);
+        fams.push(livegen::Family::load(&per_cpu)?);
     }
     Ok(Arc::new(fams))
 }
@@ -867,7 +882,7 @@ fn measure(
         &format!("/var/run/netns/{}", t.gen_ns.name),
         &t.gen_if,
         gens.clone(),
-        cpus,
+        &(0..cpus).collect::<Vec<_>>(),
     )?;
     std::thread::sleep(Duration::from_secs_f64((o.secs / 4.0).max(0.3)));
     let tids = sender.tids.lock().expect("not poisoned").clone();
@@ -1000,14 +1015,34 @@ pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
     let pols = policies(&dir.path)?;
     let mut gens = Vec::new();
     for p in &pols {
-        gens.push((generators(&p.allow)?, generators(&p.deny)?));
+        gens.push((generators(&p.allow, cpus)?, generators(&p.deny, cpus)?));
     }
+    let filters: Vec<Filter> = Filter::ALL
+        .into_iter()
+        .filter(|f| {
+            matches!(f, Filter::None | Filter::Nft)
+                || o.filter
+                    .as_ref()
+                    .is_none_or(|w| f.label().contains(w.as_str()))
+        })
+        .collect();
+    ensure!(
+        filters.len() > 2 || o.filter.is_none(),
+        "--filter {:?} matches no filter's label",
+        o.filter
+    );
     let mut res = Results::default();
     for round in 0..o.runs {
         for (pi, p) in pols.iter().enumerate() {
-            let n = Filter::ALL.len();
+            if o.policy
+                .as_ref()
+                .is_some_and(|want| !p.name.contains(want.as_str()))
+            {
+                continue;
+            }
+            let n = filters.len();
             for k in 0..n {
-                let f = Filter::ALL[(k + round) % n];
+                let f = filters[(k + round) % n];
                 let t0 = Instant::now();
                 // A setup that fails twice (fresh namespaces each time) costs this
                 // filter its figure of the round, not the whole run; the report shows
@@ -1133,8 +1168,9 @@ fn report(
          drops every frame with XDP (one next hop, permanent neighbour entry). The generator injects \
          TCP SYNs to port {PORT} as XDP frames (BPF_PROG_RUN live frames, XDP_TX out of the \
          generator's veth; one pinned thread per CPU, IPv4 and IPv6 in alternating chunks of \
-         32768 frames), each to a destination drawn at random from {DESTS} IPv4 + {DESTS} IPv6 \
-         addresses: *allow* = addresses in distinct random LPM entries of the policy that \
+         32768 frames, each CPU from a source port of its own so that no flow arrives on two \
+         CPUs, as receive-side scaling would keep it), each to a destination drawn at random \
+         from {DESTS} IPv4 + {DESTS} IPv6 addresses: *allow* = addresses in distinct random LPM entries of the policy that \
          allow TCP/{PORT}, *deny* = addresses no entry covers. The gateway handles the frames \
          in the sending thread's softirq on the same CPU, and other processes may share the \
          CPUs, so the figures are *Mpps per CPU*: packets received on the gateway's veth per \
@@ -1192,7 +1228,12 @@ fn report(
         s,
         "\n### Target: tagwall >= 2x nftables at the full-tags policy\n"
     );
-    if let Some(pi) = pols.iter().position(|p| p.name.starts_with("full")) {
+    // Not with `--case` leaving the full-tags policy out (no figures, no verdict).
+    if let Some(pi) = pols
+        .iter()
+        .position(|p| p.name.starts_with("full"))
+        .filter(|pi| samples.contains_key(&(*pi, Filter::Nft, Traffic::Allow)))
+    {
         let ceiling = ratio_median(
             samples,
             (pi, Filter::None, Traffic::Allow),
@@ -1206,15 +1247,24 @@ fn report(
         );
         for f in [
             Filter::TagwallNative,
+            Filter::TagwallStateless,
             Filter::TagwallGeneric,
             Filter::TagwallFastForward,
         ] {
             for tr in [Traffic::Allow, Traffic::Deny] {
+                if !samples.contains_key(&(pi, f, tr)) {
+                    continue; // left out with --filter
+                }
                 let r = ratio_median(samples, (pi, f, tr), (pi, Filter::Nft, tr));
                 let ri = ratio_median(samples, (pi, f, tr), (pi, Filter::NftIngress, tr));
+                let ri = if ri.is_nan() {
+                    "the same sets at netdev ingress not measured".to_owned()
+                } else {
+                    format!("{ri:.2}x the same sets at netdev ingress")
+                };
                 let _ = writeln!(
                     s,
-                    "- {}, {} traffic: {r:.2}x nftables (export as is): **{}**; {ri:.2}x the same sets at netdev ingress",
+                    "- {}, {} traffic: {r:.2}x nftables (export as is): **{}**; {ri}",
                     f.label(),
                     if tr == Traffic::Allow {
                         "allowed"
@@ -1225,6 +1275,11 @@ fn report(
                 );
             }
         }
+    } else {
+        let _ = writeln!(
+            s,
+            "- the full-tags policy was not measured in this run (`--case`)"
+        );
     }
     let _ = writeln!(
         s,
@@ -1278,7 +1333,11 @@ fn report(
         "- no filter: forwarding only (no netfilter hook, no XDP program).\n\
          - tagwall: `tagwall run --mode native|generic` on the gateway's ingress veth with the \
          policy file (native: in veth's NAPI poll on the XDP frame, before any sk_buff; \
-         generic: after GRO, on the sk_buff).\n\
+         generic: after GRO, on the sk_buff). Connection tracking and drop reporting on, \
+         as `tagwall run` has them by default: a repeated SYN of a tracked flow looks its \
+         flow up and passes as a retransmission.\n\
+         - tagwall stateless: native with `[conntrack] enabled = false`, every packet judged \
+         by the rules alone, as the nftables and iptables exports judge it.\n\
          - tagwall fast forward: the same as native plus `[fast_forward] interfaces = \
          [<sink veth>]`: an allowed packet is forwarded by the XDP program itself (FIB \
          lookup, TTL, MACs, redirect to the sink veth) instead of by the kernel's IP stack; \
@@ -1302,4 +1361,117 @@ fn report(
         2 * DESTS
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        net::{IpAddr, Ipv4Addr, Ipv6Addr},
+        os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    };
+
+    use super::{PORT, SPORT, Topo, generators, livegen};
+
+    /// TCP frames to port `PORT` received on `dev` (in the calling thread's
+    /// namespace) until `n` arrived or 3 s passed: how many came from each source
+    /// port.
+    fn sports_received(dev: &str, n: usize) -> anyhow::Result<BTreeMap<u16, usize>> {
+        let proto = i32::from((libc::ETH_P_ALL as u16).to_be());
+        // SAFETY: plain socket call; the descriptor is owned right below.
+        let fd =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+        anyhow::ensure!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a new descriptor the kernel just returned.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: all-zero is a valid sockaddr_ll; the fields set are the ones bind reads.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        let idx =
+            tagwall::netif::index(dev).ok_or_else(|| anyhow::anyhow!("no interface {dev}"))?;
+        sll.sll_ifindex = i32::try_from(idx)?;
+        // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sll).cast(),
+                std::mem::size_of_val(&sll) as u32,
+            )
+        };
+        anyhow::ensure!(rc == 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 3,
+            tv_usec: 0,
+        };
+        // SAFETY: a timeval of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of_val(&tv) as u32,
+            );
+        }
+        let mut got = BTreeMap::new();
+        let mut buf = [0u8; 2048];
+        while got.values().sum::<usize>() < n {
+            // SAFETY: `buf` is writable for its length.
+            let r = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if r < 0 {
+                break; // the timeout
+            }
+            let f = &buf[..usize::try_from(r)?];
+            let tcp = match u16::from_be_bytes([f[12], f[13]]) {
+                0x0800 if f.len() >= 54 && f[23] == 6 => &f[34..],
+                0x86dd if f.len() >= 74 && f[20] == 6 => &f[54..],
+                _ => continue,
+            };
+            if u16::from_be_bytes([tcp[2], tcp[3]]) == PORT {
+                *got.entry(u16::from_be_bytes([tcp[0], tcp[1]])).or_default() += 1;
+            }
+        }
+        Ok(got)
+    }
+
+    /// The generator's tables are per CPU: a thread pinned to a CPU sends that CPU's
+    /// flows only (its source port), so the throughput bench never has one flow
+    /// arrive on two CPUs.
+    #[test]
+    fn each_sending_cpu_sends_flows_of_its_own() {
+        crate::netns::require_root();
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let t = Topo::new(cpus).expect("topology");
+        let dsts = [
+            IpAddr::V4(Ipv4Addr::new(20, 1, 2, 3)),
+            IpAddr::V4(Ipv4Addr::new(20, 1, 2, 4)),
+            IpAddr::V6(Ipv6Addr::new(0x2603, 0x1000, 0, 0, 0, 0, 0, 1)),
+            IpAddr::V6(Ipv6Addr::new(0x2603, 0x1000, 0, 0, 0, 0, 0, 2)),
+        ];
+        let gens = generators(&dsts, cpus).expect("generator programs");
+        for cpu in 0..cpus {
+            let sender = livegen::Sender::start(
+                &format!("/var/run/netns/{}", t.gen_ns.name),
+                &t.gen_if,
+                gens.clone(),
+                &[cpu],
+            )
+            .expect("sender");
+            let dev = t.gw_in.clone();
+            let got = t.gw.run(move || sports_received(&dev, 2000));
+            sender.finish().expect("sender ran");
+            let got = got.expect("capture");
+            let want = SPORT + u16::try_from(cpu).unwrap();
+            assert!(
+                got.get(&want).copied().unwrap_or(0) >= 2000,
+                "CPU {cpu}: frames by source port {got:?}, want 2000 from {want}"
+            );
+            assert_eq!(got.len(), 1, "CPU {cpu} sent other CPUs' flows: {got:?}");
+        }
+    }
 }
