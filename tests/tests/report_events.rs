@@ -274,24 +274,36 @@ fn top_counts(h: &Harness) -> (BTreeMap<IpAddr, u64>, BTreeMap<IpAddr, u64>) {
     (reported, table)
 }
 
+/// The remote address of the slot tests' first key (drops to port 5300).
+const SLOT_KEY_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
+
+/// Addresses in 198.18.0.0/16 whose keys (drops to port 5300) are, or are not
+/// (`same` false), in the slot of [`SLOT_KEY_A`]'s key.
+fn in_a_slot(same: bool) -> impl Iterator<Item = Ipv4Addr> {
+    let slot = udp_top_slot(SLOT_KEY_A, 5300);
+    (1..=u32::from(u16::MAX))
+        .map(|i| Ipv4Addr::from(0xc612_0000 + i))
+        .filter(move |x| (udp_top_slot(*x, 5300) == slot) == same)
+}
+
 /// Remote addresses of drops to port 5300: `a`, `b` whose key shares `a`'s slot,
 /// and `c` whose key does not.
 fn slot_keys() -> (Ipv4Addr, Ipv4Addr, Ipv4Addr) {
-    let a = Ipv4Addr::new(192, 0, 2, 9);
-    let b = (1..=u32::from(u16::MAX))
-        .map(|i| Ipv4Addr::from(0xc612_0000 + i))
-        .find(|x| udp_top_slot(*x, 5300) == udp_top_slot(a, 5300))
+    let b = in_a_slot(true)
+        .next()
         .expect("an address whose key shares a's slot");
-    let c = (1..=u32::from(u16::MAX))
-        .map(|i| Ipv4Addr::from(0xc612_0000 + i))
-        .find(|x| udp_top_slot(*x, 5300) != udp_top_slot(a, 5300))
-        .expect("an address in another slot");
-    (a, b, c)
+    let c = in_a_slot(false).next().expect("an address in another slot");
+    (SLOT_KEY_A, b, c)
+}
+
+/// A UDP packet from 10.0.0.2 to `to` port 5300, which the rules drop.
+fn drop_frame(to: Ipv4Addr) -> Vec<u8> {
+    ip_frame("10.0.0.2", &to.to_string(), 17, &udp(40001, 5300, b"x"))
 }
 
 /// Send `n` UDP drops from 10.0.0.2 to `to` port 5300.
 fn send(h: &mut Harness, to: Ipv4Addr, n: u64) {
-    let frame = ip_frame("10.0.0.2", &to.to_string(), 17, &udp(40001, 5300, b"x"));
+    let frame = drop_frame(to);
     for _ in 0..n {
         assert_eq!(h.run(&frame).reason, REASON_NO_MATCH);
     }
@@ -308,14 +320,7 @@ fn counts(pairs: &[(Ipv4Addr, u64)]) -> BTreeMap<IpAddr, u64> {
 fn keys_sharing_a_slot_move_into_the_table_and_count_once() {
     // One CPU: the slots are per CPU, and which drops moved depends on it.
     pin_to_first_allowed_cpu();
-    let mut h = Harness::with(rules(), &Settings::stateless(false));
-    h.dp.set_report_config(ReportConfig::new(
-        REPORT_F_TOP | REPORT_F_SLOTS,
-        1,
-        1,
-        cpus(),
-    ))
-    .expect("report config");
+    let mut h = top_harness(REPORT_F_SLOTS);
     let (a, b, c) = slot_keys();
     send(&mut h, a, 3);
     let (reported, table) = top_counts(&h);
@@ -360,19 +365,10 @@ fn reads_during_slot_moves(
 ) -> (u32, u64) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    let a = Ipv4Addr::new(192, 0, 2, 9);
-    let mut keys = vec![a];
-    keys.extend(
-        (1..=u32::from(u16::MAX))
-            .map(|i| Ipv4Addr::from(0xc612_0000 + i))
-            .filter(|x| udp_top_slot(*x, 5300) == udp_top_slot(a, 5300))
-            .take(2),
-    );
+    let mut keys = vec![SLOT_KEY_A];
+    keys.extend(in_a_slot(true).take(2));
     assert_eq!(keys.len(), 3);
-    let frames: Vec<Vec<u8>> = keys
-        .iter()
-        .map(|to| ip_frame("10.0.0.2", &to.to_string(), 17, &udp(40001, 5300, b"x")))
-        .collect();
+    let frames: Vec<Vec<u8>> = keys.iter().map(|to| drop_frame(*to)).collect();
     let started: Vec<AtomicU64> = keys.iter().map(|_| AtomicU64::new(0)).collect();
     let done: Vec<AtomicU64> = keys.iter().map(|_| AtomicU64::new(0)).collect();
     let finished = AtomicBool::new(false);

@@ -1304,30 +1304,26 @@ mod tests {
 
         // The table evicted the entry and created it again: fewer packets than last
         // time, but all of them new.
-        let report_on = |o: &Observed, previous: &Snapshot| report_of(o, Some(previous), 1_010_000);
         let (_, mut o3, _) = inputs_fixture();
         o3.top[0].packets = 3;
         o3.top[0].first_seen_ns = 50;
         o3.top[0].last_seen_ns = 60;
-        let (r3, snap3) = report_on(&o3, &snap);
-        assert_eq!(r3.top_denied.top[0].count.delta.unwrap().packets, 3);
-        assert_eq!(
-            snap3.top_first_seen.get("outbound|10.0.7.7|5300|udp"),
-            Some(&50)
-        );
+        let (r3, snap3) = report_later(&o3, Some(&snap));
+        assert_eq!(top_delta(&r3), 3);
+        assert_eq!(snap3.top_first_seen.get(FIXTURE_TOP_KEY), Some(&50));
         // The same entry again: deltas from its new total.
         o3.top[0].packets = 7;
-        let (r4, _) = report_on(&o3, &snap3);
-        assert_eq!(r4.top_denied.top[0].count.delta.unwrap().packets, 4);
+        let (r4, _) = report_later(&o3, Some(&snap3));
+        assert_eq!(top_delta(&r4), 4);
         // A snapshot without last-seen times (an older version's) compares
         // first-seen times; one without either compares totals.
         let mut old = snap.clone();
         old.top_last_seen.clear();
-        let (r5, _) = report_on(&o3, &old);
-        assert_eq!(r5.top_denied.top[0].count.delta.unwrap().packets, 7);
+        let (r5, _) = report_later(&o3, Some(&old));
+        assert_eq!(top_delta(&r5), 7);
         old.top_first_seen.clear();
-        let (r5, _) = report_on(&o3, &old);
-        assert_eq!(r5.top_denied.top[0].count.delta.unwrap().packets, 2);
+        let (r5, _) = report_later(&o3, Some(&old));
+        assert_eq!(top_delta(&r5), 2);
     }
 
     /// A read that meets the batch holding a key's earliest drops moving into the
