@@ -1409,15 +1409,17 @@ mod tests {
             tv_usec: 0,
         };
         // SAFETY: a timeval of the size passed.
-        unsafe {
+        let rc = unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&raw const tv).cast(),
                 std::mem::size_of_val(&tv) as u32,
-            );
-        }
+            )
+        };
+        // Without the timeout a sender that sends nothing would hang the test.
+        anyhow::ensure!(rc == 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
         let mut got = BTreeMap::new();
         let mut buf = [0u8; 2048];
         while got.values().sum::<usize>() < n {
