@@ -293,19 +293,68 @@ pub fn checksums_ok(f: &[u8]) -> bool {
     ip_ok && add(pseudo, sum16(tcp)) == 0xffff
 }
 
-/// Number of possible CPUs (per-CPU map values have one slot each, in the order of
-/// the possible CPUs' numbers).
+/// The possible CPUs' numbers, in order (per-CPU map values have one slot each, in
+/// this order, so slot k is CPU `possible_cpus()[k]`, not CPU k when the numbers
+/// have gaps).
 ///
 /// # Errors
 /// The sysfs file missing or not a CPU list.
-pub fn possible_cpus() -> anyhow::Result<usize> {
+pub fn possible_cpus() -> anyhow::Result<Vec<usize>> {
     let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    let mut n = 0;
+    cpu_list(&s).with_context(|| format!("/sys/devices/system/cpu/possible: {s:?}"))
+}
+
+/// A kernel CPU list such as `0-3,8,10-11` (cpuset(7), "List format").
+fn cpu_list(s: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
     for part in s.trim().split(',') {
         let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-        n += hi.parse::<usize>()? - lo.parse::<usize>()? + 1;
+        let (lo, hi) = (lo.parse::<usize>()?, hi.parse::<usize>()?);
+        ensure!(
+            lo <= hi && cpus.last().is_none_or(|&l| l < lo),
+            "not an ascending CPU list"
+        );
+        cpus.extend(lo..=hi);
     }
-    Ok(n)
+    Ok(cpus)
+}
+
+/// The CPUs this process may run on (its affinity mask), in order: the ones a
+/// sender can be pinned to.
+///
+/// # Errors
+/// `sched_getaffinity` failing.
+pub fn usable_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t filled in by the kernel for this thread.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let rc = libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set);
+        ensure!(
+            rc == 0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        set
+    };
+    // SAFETY: reading bits of an initialised set, below its size.
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    ensure!(!cpus.is_empty(), "an empty CPU affinity mask");
+    Ok(cpus)
+}
+
+/// The frame list for each slot of a per-CPU value: slot k is the k-th possible
+/// CPU's (`possible`), which sends its own list in `per_cpu` or, when it has none,
+/// the first.
+fn slot_lists<'a>(possible: &[usize], per_cpu: &'a [(usize, Vec<Vec<u8>>)]) -> Vec<&'a [Vec<u8>]> {
+    possible
+        .iter()
+        .map(|c| {
+            let mine = per_cpu.iter().find(|(cpu, _)| cpu == c);
+            mine.unwrap_or(&per_cpu[0]).1.as_slice()
+        })
+        .collect()
 }
 
 /// A loaded generator for one address family: program, frame table, first frame.
@@ -316,21 +365,23 @@ pub struct Family {
 }
 
 impl Family {
-    /// `per_cpu[c]` are the frames that CPU `c` sends (CPU numbers past the list
-    /// take it round, `c % len`), each with equal probability. Every list has the
-    /// same count, rounded down to a power of two, and every frame the same length
-    /// (e.g. [`template`]s of one family). The table is a per-CPU array, so that the
-    /// CPUs can send flows of their own, as a NIC's receive-side scaling keeps a flow
-    /// on one queue.
+    /// `per_cpu` pairs a CPU's number with the frames it sends, each with equal
+    /// probability; CPUs not listed (which no sender runs on) get the first list.
+    /// Every list has the same count, rounded down to a power of two, and every
+    /// frame the same length (e.g. [`template`]s of one family). The table is a
+    /// per-CPU array, so that the CPUs can send flows of their own, as a NIC's
+    /// receive-side scaling keeps a flow on one queue.
     ///
     /// # Errors
-    /// Lists of different counts, frames of different lengths or with bad checksums;
-    /// the kernel refusing the map or the program (the verifier's log is in the
-    /// message).
-    pub fn load(per_cpu: &[Vec<Vec<u8>>]) -> anyhow::Result<Self> {
-        ensure!(!per_cpu.is_empty() && !per_cpu[0].is_empty(), "no frames");
-        let (count, len) = (per_cpu[0].len(), per_cpu[0][0].len());
-        for frames in per_cpu {
+    /// Lists of different counts, frames of different lengths or with bad checksums,
+    /// a listed CPU that is not a possible one; the kernel refusing the map or the
+    /// program (the verifier's log is in the message).
+    pub fn load(per_cpu: &[(usize, Vec<Vec<u8>>)]) -> anyhow::Result<Self> {
+        ensure!(!per_cpu.is_empty() && !per_cpu[0].1.is_empty(), "no frames");
+        let (count, len) = (per_cpu[0].1.len(), per_cpu[0].1[0].len());
+        let possible = possible_cpus()?;
+        for (cpu, frames) in per_cpu {
+            ensure!(possible.contains(cpu), "CPU {cpu} is not a possible CPU");
             ensure!(frames.len() == count, "CPUs with different frame counts");
             for f in frames {
                 ensure!(f.len() == len, "frames of different lengths");
@@ -344,12 +395,10 @@ impl Family {
         let map = owned(sys_bpf(BPF_MAP_CREATE, &mut attr).context("BPF_MAP_CREATE")?);
         // A per-CPU value from user space: one slot per possible CPU, 8-byte aligned.
         let stride = len.next_multiple_of(8);
-        let cpus = possible_cpus()?;
-        let mut value = vec![0u8; stride * cpus];
-        // Slot k is the k-th possible CPU's; with possible CPUs numbered from 0
-        // without gaps (as here), CPU k's.
-        let mut lists: Vec<_> = (0..cpus)
-            .map(|c| per_cpu[c % per_cpu.len()].iter())
+        let mut value = vec![0u8; stride * possible.len()];
+        let mut lists: Vec<_> = slot_lists(&possible, per_cpu)
+            .into_iter()
+            .map(|l| l.iter())
             .collect();
         for key in 0..u32::try_from(n).expect("small") {
             for (slot, list) in value.chunks_mut(stride).zip(&mut lists) {
@@ -362,7 +411,7 @@ impl Family {
         Ok(Self {
             prog,
             _map: map,
-            frame: per_cpu[0][0].clone(),
+            frame: per_cpu[0].1[0].clone(),
         })
     }
 
@@ -520,5 +569,31 @@ mod tests {
         // 54 bytes: 6 x 8 + 4 + 2; 74: 9 x 8 + 2.
         assert_eq!(program(54, 3, 1023).len(), 15 + 2 * 8 + 2);
         assert_eq!(program(74, 3, 1023).len(), 15 + 2 * 10 + 2);
+    }
+
+    #[test]
+    fn cpu_lists_parse_with_gaps_and_reject_garbage() {
+        assert_eq!(cpu_list("0\n").unwrap(), [0]);
+        assert_eq!(cpu_list("0-3\n").unwrap(), [0, 1, 2, 3]);
+        assert_eq!(cpu_list("0-1,4,6-7").unwrap(), [0, 1, 4, 6, 7]);
+        for bad in ["", "a", "3-1", "0-1,1", "4,2", "0-"] {
+            assert!(cpu_list(bad).is_err(), "{bad:?}");
+        }
+        // This machine's own list parses too.
+        assert!(!possible_cpus().unwrap().is_empty());
+    }
+
+    /// With gaps in the CPU numbers, a per-CPU value's slot k is not CPU k's: each
+    /// listed CPU must get its own frames in its own slot.
+    #[test]
+    fn each_cpu_gets_its_frames_in_its_slot_despite_gaps() {
+        let frames = |b: u8| vec![vec![b; 4]];
+        let per_cpu = [(4, frames(4)), (1, frames(1)), (7, frames(7))];
+        let got: Vec<u8> = slot_lists(&[0, 1, 4, 5, 7], &per_cpu)
+            .iter()
+            .map(|l| l[0][0])
+            .collect();
+        // CPUs 0 and 5 send nothing and get the first list.
+        assert_eq!(got, [4, 1, 4, 4, 7]);
     }
 }

@@ -616,7 +616,8 @@ fn setup(f: Filter, p: &Policy, cpus: usize) -> anyhow::Result<Topo> {
             // pinned maps opened once: 2048 `xdp-filter ip` runs took seconds.
             let (v4, v6) = xdp_filter_maps(&bpffs)?;
             const MAP_FLAG_DST: u64 = 1 << 1;
-            let value: Vec<u8> = (0..livegen::possible_cpus()?)
+            let value: Vec<u8> = livegen::possible_cpus()?
+                .iter()
                 .flat_map(|_| MAP_FLAG_DST.to_ne_bytes())
                 .collect();
             for a in &p.allow {
@@ -831,12 +832,12 @@ fn mac_str(m: [u8; 6]) -> String {
         .join(":")
 }
 
-/// Generator programs for a destination set (both families), for `cpus` sending
-/// threads. Each CPU sends from a source port of its own (`SPORT + cpu`), so that
+/// Generator programs for a destination set (both families), for sending threads
+/// on the CPUs numbered `cpus`. Each CPU sends from a source port of its own (`SPORT + cpu`), so that
 /// no flow arrives on two CPUs, as a NIC's receive-side scaling keeps a flow on one
 /// queue; with one port for all, both CPUs updated the same connection-tracking
 /// entries and their cache lines went back and forth between the CPUs.
-fn generators(dsts: &[IpAddr], cpus: usize) -> anyhow::Result<Arc<Vec<livegen::Family>>> {
+fn generators(dsts: &[IpAddr], cpus: &[usize]) -> anyhow::Result<Arc<Vec<livegen::Family>>> {
     let mut fams = Vec::new();
     for src in [IpAddr::V4(GEN_V4), IpAddr::V6(GEN_V6)] {
         let d: Vec<IpAddr> = dsts
@@ -844,14 +845,18 @@ fn generators(dsts: &[IpAddr], cpus: usize) -> anyhow::Result<Arc<Vec<livegen::F
             .copied()
             .filter(|a| a.is_ipv4() == src.is_ipv4())
             .collect();
-        let per_cpu: Vec<Vec<Vec<u8>>> = (0..cpus)
-            .map(|cpu| {
-                let sport = SPORT + u16::try_from(cpu).expect("CPU count fits u16");
-                d.iter()
-                    .map(|dst| livegen::template(GEN_MAC, GW_MAC, (src, sport), (*dst, PORT)))
-                    .collect()
-            })
-            .collect();
+        let mut per_cpu = Vec::new();
+        for &cpu in cpus {
+            let sport = u16::try_from(cpu)
+                .ok()
+                .and_then(|c| SPORT.checked_add(c))
+                .with_context(|| format!("CPU {cpu}: no source port {SPORT} + {cpu}"))?;
+            let frames = d
+                .iter()
+                .map(|dst| livegen::template(GEN_MAC, GW_MAC, (src, sport), (*dst, PORT)))
+                .collect();
+            per_cpu.push((cpu, frames));
+        }
         fams.push(livegen::Family::load(&per_cpu)?);
     }
     Ok(Arc::new(fams))
@@ -876,17 +881,17 @@ fn measure(
     t: &Topo,
     gens: &Arc<Vec<livegen::Family>>,
     o: &Options,
-    cpus: usize,
+    cpus: &[usize],
 ) -> anyhow::Result<Sample> {
     let sender = livegen::Sender::start(
         &format!("/var/run/netns/{}", t.gen_ns.name),
         &t.gen_if,
         gens.clone(),
-        &(0..cpus).collect::<Vec<_>>(),
+        cpus,
     )?;
     std::thread::sleep(Duration::from_secs_f64((o.secs / 4.0).max(0.3)));
     let tids = sender.tids.lock().expect("not poisoned").clone();
-    ensure!(tids.len() == cpus, "sender threads did not start");
+    ensure!(tids.len() == cpus.len(), "sender threads did not start");
     let (c0, s0, t0) = (cpu_ns(&tids)?, stats(&t.gw)?, Instant::now());
     std::thread::sleep(Duration::from_secs_f64(o.secs));
     let (c1, s1, t1) = (cpu_ns(&tids)?, stats(&t.gw)?, Instant::now());
@@ -1008,14 +1013,19 @@ struct Results {
 /// A filter that cannot be set up, a generator that cannot run, or a filter that
 /// does not enforce the policy on the benchmark traffic.
 pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    // One sender (and one veth queue) for each CPU this process may run on.
+    let senders = livegen::usable_cpus()?;
+    let cpus = senders.len();
     let dir = TempDir::new("tpp");
     // Build (or find) the daemon now, not between two measurements.
     let _ = tagwall_bin();
     let pols = policies(&dir.path)?;
     let mut gens = Vec::new();
     for p in &pols {
-        gens.push((generators(&p.allow, cpus)?, generators(&p.deny, cpus)?));
+        gens.push((
+            generators(&p.allow, &senders)?,
+            generators(&p.deny, &senders)?,
+        ));
     }
     let filters: Vec<Filter> = Filter::ALL
         .into_iter()
@@ -1076,7 +1086,7 @@ pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
                     res.mem.insert(pi, memory(&t)?);
                 }
                 for (tr, g) in [(Traffic::Allow, &gens[pi].0), (Traffic::Deny, &gens[pi].1)] {
-                    let s = measure(&t, g, o, cpus)
+                    let s = measure(&t, g, o, &senders)
                         .with_context(|| format!("{}: {} {tr:?}", p.name, f.label()))?;
                     eprintln!(
                         "tput: round {round} {:<40} {:<38} {tr:?}: {:>6.3} Mpps, {:>6.3} Mpps/CPU ({:.2} CPUs), forwarded {:>5.1}%, ring drops {:.1}%",
@@ -1447,16 +1457,16 @@ mod tests {
     #[test]
     fn each_sending_cpu_sends_flows_of_its_own() {
         crate::netns::require_root();
-        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let t = Topo::new(cpus).expect("topology");
+        let senders = livegen::usable_cpus().expect("affinity");
+        let t = Topo::new(senders.len()).expect("topology");
         let dsts = [
             IpAddr::V4(Ipv4Addr::new(20, 1, 2, 3)),
             IpAddr::V4(Ipv4Addr::new(20, 1, 2, 4)),
             IpAddr::V6(Ipv6Addr::new(0x2603, 0x1000, 0, 0, 0, 0, 0, 1)),
             IpAddr::V6(Ipv6Addr::new(0x2603, 0x1000, 0, 0, 0, 0, 0, 2)),
         ];
-        let gens = generators(&dsts, cpus).expect("generator programs");
-        for cpu in 0..cpus {
+        let gens = generators(&dsts, &senders).expect("generator programs");
+        for &cpu in &senders {
             let sender = livegen::Sender::start(
                 &format!("/var/run/netns/{}", t.gen_ns.name),
                 &t.gen_if,
