@@ -63,6 +63,9 @@ struct Row {
     /// Median of the per-run ratios program / floor (each pair measured back to
     /// back, so slow drifts of the machine cancel out).
     ratio: f64,
+    /// The lowest and highest of the passes' ratios (`ratio` each with one pass):
+    /// how far the machine's slow stretches moved the row.
+    ratio_range: (f64, f64),
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -333,6 +336,7 @@ fn bench_case(
             ns,
             floor_ns,
             ratio,
+            ratio_range: (ratio, ratio),
         });
     };
     // Runs not reported, after every change of the datapath's state below: the first
@@ -531,7 +535,9 @@ fn report(
          the same type that only passes (XDP_PASS / TC_ACT_OK), run on the same packet \
          right before each tagwall run. ns columns: medians of the runs; ratio: median of \
          the per-run ratios tagwall / floor (pairs measured back to back, so the machine's \
-         slow drifts cancel out). \"stateless\": \
+         slow drifts cancel out); runs' ratios: the lowest and the highest of them, which \
+         shows how far the machine's slow stretches of seconds (docs/profiling.md, \
+         \"Noise\") moved the row. \"stateless\": \
          connection tracking off; \"conntrack\": on (the default), so a repeated allowed \
          packet is a tracked flow after the first, and from the second repeat on it is \
          served from this CPU's flow cache (refreshed from the flow table every 50 ms, \
@@ -565,13 +571,14 @@ fn report(
     let _ = writeln!(s, "## Per-packet cost (XDP and TC)\n");
     let _ = writeln!(
         s,
-        "| policy | mode | packet | tagwall ns/pkt | floor ns/pkt | ratio |"
+        "| policy | mode | packet | tagwall ns/pkt | floor ns/pkt | ratio | runs' ratios |"
     );
-    let _ = writeln!(s, "|---|---|---|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|");
     for r in rows {
+        let (lo, hi) = r.ratio_range;
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.2}x |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2}x | {lo:.2}-{hi:.2}x |",
             r.case, r.mode, r.packet, r.ns, r.floor_ns, r.ratio
         );
     }
@@ -588,17 +595,19 @@ fn report(
             let Some(worst) = rows
                 .iter()
                 .filter(|r| r.case.starts_with(prefix) && r.mode == mode)
-                .map(|r| r.ratio)
-                .reduce(f64::max)
+                .max_by(|a, b| a.ratio.total_cmp(&b.ratio))
             else {
                 // Left out with --case: no verdict on what was not measured.
                 let _ = writeln!(s, "- {prefix}, {mode}: not measured in this run");
                 continue;
             };
-            let verdict = if worst <= target { "met" } else { "MISSED" };
+            let (ratio, (lo, hi)) = (worst.ratio, worst.ratio_range);
+            let verdict = if ratio <= target { "met" } else { "MISSED" };
             let _ = writeln!(
                 s,
-                "- {prefix}, {mode}: worst {worst:.2}x floor, target <= {target:.0}x: **{verdict}**"
+                "- {prefix}, {mode}: worst {ratio:.2}x floor ({}, its runs {lo:.2}-{hi:.2}x), \
+                 target <= {target:.0}x: **{verdict}**",
+                worst.packet
             );
         }
     }
@@ -865,6 +874,9 @@ fn merge_rows(passes: Vec<Vec<Row>>) -> Vec<Row> {
             ns: med(|x| x.ns),
             floor_ns: med(|x| x.floor_ns),
             ratio: med(|x| x.ratio),
+            ratio_range: all.iter().fold((f64::INFINITY, 0.0), |(lo, hi), x| {
+                (lo.min(x.ratio_range.0), hi.max(x.ratio_range.1))
+            }),
         }
     })
 }
@@ -929,4 +941,31 @@ fn emit(o: &Opts, md: &str) -> ExitCode {
         None => print!("{md}"),
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(ratio: f64) -> Row {
+        Row {
+            case: "c".into(),
+            mode: "XDP stateless",
+            packet: "v4 hit tcp/443".into(),
+            ns: 20.0 * ratio,
+            floor_ns: 20.0,
+            ratio,
+            ratio_range: (ratio, ratio),
+        }
+    }
+
+    #[test]
+    fn merged_rows_keep_the_median_and_the_range_of_the_passes() {
+        let passes = vec![vec![row(2.0)], vec![row(1.5)], vec![row(3.0)]];
+        let merged = merge_rows(passes);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].ratio, 2.0);
+        assert_eq!(merged[0].ns, 40.0);
+        assert_eq!(merged[0].ratio_range, (1.5, 3.0));
+    }
 }
