@@ -218,22 +218,48 @@ pub fn stamp_ct_filter(dp: &Dataplane, stamp: u64) -> anyhow::Result<()> {
 /// Keep this thread (and so its BPF_PROG_TEST_RUNs) on one CPU: the flow cache and the
 /// top-denied slots are per CPU, and the scheduler may move a thread between runs.
 pub fn pin_to_first_allowed_cpu() {
-    // SAFETY: plain syscalls on a zeroed cpu_set_t owned here.
-    unsafe {
+    let cpus = allowed_cpus().expect("sched_getaffinity");
+    pin_to(cpus[0]).expect("sched_setaffinity");
+}
+
+/// The CPUs the calling thread may run on (its affinity mask), in order.
+///
+/// # Errors
+/// `sched_getaffinity` failing, or an empty mask.
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t filled in by the kernel for this thread.
+    let set = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
-            0
-        );
-        let cpu = (0..libc::CPU_SETSIZE as usize)
-            .find(|c| libc::CPU_ISSET(*c, &set))
-            .expect("an allowed CPU");
-        libc::CPU_ZERO(&mut set);
+        if libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        set
+    };
+    // SAFETY: reading bits of an initialised set, below its size.
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    if cpus.is_empty() {
+        return Err(std::io::Error::other("an empty CPU affinity mask"));
+    }
+    Ok(cpus)
+}
+
+/// Pin the calling thread to CPU `cpu`.
+///
+/// # Errors
+/// `sched_setaffinity` failing (e.g. a CPU outside the cpuset).
+pub fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
+        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

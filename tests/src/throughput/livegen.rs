@@ -319,31 +319,6 @@ fn cpu_list(s: &str) -> anyhow::Result<Vec<usize>> {
     Ok(cpus)
 }
 
-/// The CPUs this process may run on (its affinity mask), in order: the ones a
-/// sender can be pinned to.
-///
-/// # Errors
-/// `sched_getaffinity` failing.
-pub fn usable_cpus() -> anyhow::Result<Vec<usize>> {
-    // SAFETY: a zeroed cpu_set_t filled in by the kernel for this thread.
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let rc = libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set);
-        ensure!(
-            rc == 0,
-            "sched_getaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-        set
-    };
-    // SAFETY: reading bits of an initialised set, below its size.
-    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect();
-    ensure!(!cpus.is_empty(), "an empty CPU affinity mask");
-    Ok(cpus)
-}
-
 /// The frame list for each slot of a per-CPU value: slot k is the k-th possible
 /// CPU's (`possible`), which sends its own list in `per_cpu` or, when it has none,
 /// the first.
@@ -472,18 +447,9 @@ impl Sender {
                 // SAFETY: valid netns fd; setns affects only this thread.
                 let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
                 ensure!(rc == 0, "setns {path}: {}", std::io::Error::last_os_error());
-                // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
-                let rc = unsafe {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set)
-                };
                 // Unpinned, the thread would send another CPU's flows.
-                ensure!(
-                    rc == 0,
-                    "pinning a sender to CPU {cpu}: {}",
-                    std::io::Error::last_os_error()
-                );
+                crate::harness::pin_to(cpu)
+                    .with_context(|| format!("pinning a sender to CPU {cpu}"))?;
                 let c = std::ffi::CString::new(ifname.clone()).expect("no NUL");
                 // SAFETY: NUL-terminated name.
                 let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };

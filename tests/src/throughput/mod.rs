@@ -1,7 +1,8 @@
 //! Throughput through a gateway namespace, side by side (issue #7 part 2): tagwall XDP
-//! (native, native stateless, generic, fast forward) vs the same policy exported to nftables vs iptables + ipset vs
-//! xdp-filter (what it can express) vs no filter, for packets the policy allows and
-//! packets it denies, with the AML default policy and the full Public Service Tags.
+//! (native, native stateless, generic, fast forward) vs the same policy exported to
+//! nftables vs iptables + ipset vs xdp-filter (what it can express) vs no filter, for
+//! packets the policy allows and packets it denies, with the AML default policy and
+//! the full Public Service Tags.
 //!
 //! ```text
 //!  gen ──veth (one queue per CPU)──▶ gw: filter on its ingress veth ─route─▶ veth ──▶ sink
@@ -14,8 +15,9 @@
 //! Every filter gets fresh namespaces (so no filter leaves hooks or tables behind for
 //! the next), its own private bpffs, and everything goes when the guards drop. The
 //! generator ([`livegen`]) injects XDP frames into the veth from one pinned thread per
-//! CPU, each CPU's flows its own; the gateway processes them in the same softirq context, so a figure is packets
-//! per CPU-second of generator + gateway work, and ratios compare the gateway work.
+//! CPU, each CPU's flows its own; the gateway processes them in the same softirq
+//! context, so a figure is packets per CPU-second of generator + gateway work, and
+//! ratios compare the gateway work.
 //! Rounds interleave the filters; figures are medians over rounds, ratios medians of
 //! per-round ratios against the no-filter (and nftables) measurement of that round.
 //! Nothing here asserts a time.
@@ -833,10 +835,11 @@ fn mac_str(m: [u8; 6]) -> String {
 }
 
 /// Generator programs for a destination set (both families), for sending threads
-/// on the CPUs numbered `cpus`. Each CPU sends from a source port of its own (`SPORT + cpu`), so that
-/// no flow arrives on two CPUs, as a NIC's receive-side scaling keeps a flow on one
-/// queue; with one port for all, both CPUs updated the same connection-tracking
-/// entries and their cache lines went back and forth between the CPUs.
+/// on the CPUs numbered `cpus`. Each CPU sends from a source port of its own
+/// (`SPORT + cpu`), so that no flow arrives on two CPUs, as a NIC's receive-side
+/// scaling keeps a flow on one queue; with one port for all, both CPUs updated the
+/// same connection-tracking entries and their cache lines went back and forth
+/// between the CPUs.
 fn generators(dsts: &[IpAddr], cpus: &[usize]) -> anyhow::Result<Arc<Vec<livegen::Family>>> {
     let mut fams = Vec::new();
     for src in [IpAddr::V4(GEN_V4), IpAddr::V6(GEN_V6)] {
@@ -1014,18 +1017,27 @@ struct Results {
 /// does not enforce the policy on the benchmark traffic.
 pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
     // One sender (and one veth queue) for each CPU this process may run on.
-    let senders = livegen::usable_cpus()?;
+    let senders = crate::harness::allowed_cpus().context("sched_getaffinity")?;
     let cpus = senders.len();
     let dir = TempDir::new("tpp");
     // Build (or find) the daemon now, not between two measurements.
     let _ = tagwall_bin();
     let pols = policies(&dir.path)?;
+    // Generators for the policies `--case` keeps (`None`: left out).
     let mut gens = Vec::new();
     for p in &pols {
-        gens.push((
-            generators(&p.allow, &senders)?,
-            generators(&p.deny, &senders)?,
-        ));
+        let keep = o
+            .policy
+            .as_ref()
+            .is_none_or(|want| p.name.contains(want.as_str()));
+        gens.push(if keep {
+            Some((
+                generators(&p.allow, &senders)?,
+                generators(&p.deny, &senders)?,
+            ))
+        } else {
+            None
+        });
     }
     let filters: Vec<Filter> = Filter::ALL
         .into_iter()
@@ -1044,12 +1056,9 @@ pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
     let mut res = Results::default();
     for round in 0..o.runs {
         for (pi, p) in pols.iter().enumerate() {
-            if o.policy
-                .as_ref()
-                .is_some_and(|want| !p.name.contains(want.as_str()))
-            {
+            let Some((allow, deny)) = &gens[pi] else {
                 continue;
-            }
+            };
             let n = filters.len();
             for k in 0..n {
                 let f = filters[(k + round) % n];
@@ -1085,7 +1094,7 @@ pub fn run(o: &Options, cmd: &str, machine: &str) -> anyhow::Result<String> {
                 if f == Filter::TagwallNative && !res.mem.contains_key(&pi) {
                     res.mem.insert(pi, memory(&t)?);
                 }
-                for (tr, g) in [(Traffic::Allow, &gens[pi].0), (Traffic::Deny, &gens[pi].1)] {
+                for (tr, g) in [(Traffic::Allow, allow), (Traffic::Deny, deny)] {
                     let s = measure(&t, g, o, &senders)
                         .with_context(|| format!("{}: {} {tr:?}", p.name, f.label()))?;
                     eprintln!(
@@ -1180,8 +1189,8 @@ fn report(
          generator's veth; one pinned thread per CPU, IPv4 and IPv6 in alternating chunks of \
          32768 frames, each CPU from a source port of its own so that no flow arrives on two \
          CPUs, as receive-side scaling would keep it), each to a destination drawn at random \
-         from {DESTS} IPv4 + {DESTS} IPv6 addresses: *allow* = addresses in distinct random LPM entries of the policy that \
-         allow TCP/{PORT}, *deny* = addresses no entry covers. The gateway handles the frames \
+         from {DESTS} IPv4 + {DESTS} IPv6 addresses: *allow* = addresses in distinct \
+         random LPM entries of the policy that allow TCP/{PORT}, *deny* = addresses no entry covers. The gateway handles the frames \
          in the sending thread's softirq on the same CPU, and other processes may share the \
          CPUs, so the figures are *Mpps per CPU*: packets received on the gateway's veth per \
          CPU-second of the sending threads (schedstat; softirq work done in their context is \
@@ -1457,7 +1466,7 @@ mod tests {
     #[test]
     fn each_sending_cpu_sends_flows_of_its_own() {
         crate::netns::require_root();
-        let senders = livegen::usable_cpus().expect("affinity");
+        let senders = crate::harness::allowed_cpus().expect("sched_getaffinity");
         let t = Topo::new(senders.len()).expect("topology");
         let dsts = [
             IpAddr::V4(Ipv4Addr::new(20, 1, 2, 3)),
