@@ -1543,8 +1543,9 @@ mod prog {
         // only add to it atomically.
         let have = unsafe { core::ptr::read_volatile(p) };
         if want > have {
-            // `lock xadd`, its result unused (`AtomicU64::fetch_add` does not exist for
-            // the BPF target, which has no compare-and-swap before v3).
+            // `lock xadd`, its result unused: the one atomic every BPF kernel runs
+            // (compare-and-swap needs Linux 5.12 and the v3 instruction set), and
+            // rustc's BPF target gives atomics loads and stores only.
             // SAFETY: as above; the array's values are 8-aligned.
             unsafe {
                 core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
