@@ -28,6 +28,8 @@ fn main() {
         CPUS.contains(&cpu.as_str()),
         "{CPU_ENV}={cpu:?} is not a BPF instruction set LLVM knows; use one of {CPUS:?}"
     );
+    // For the test that checks the object was built for it.
+    println!("cargo:rustc-env=TAGWALL_EBPF_CPU_BUILT={cpu}");
 
     let out_dir = std::path::PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));

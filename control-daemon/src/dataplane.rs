@@ -1687,6 +1687,35 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
+    /// The embedded object is generated for the instruction set the build script
+    /// asked for: 32-bit conditional jumps (instruction class `BPF_JMP32`) exist from
+    /// v3 on, and LLVM emits them for the packet's 32-bit fields. Fails when the
+    /// flag stops reaching bpf-linker (the object silently falls back to `generic`).
+    #[test]
+    fn object_is_built_for_the_requested_instruction_set() {
+        const BPF_JMP32: u8 = 0x06;
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        let (mut jmp32, mut all) = (0usize, 0usize);
+        for f in obj.functions.values() {
+            all += f.instructions.len();
+            jmp32 += f
+                .instructions
+                .iter()
+                .filter(|i| i.code & 0x07 == BPF_JMP32)
+                .count();
+        }
+        assert!(all > 1000, "only {all} instructions in the object");
+        let cpu = env!("TAGWALL_EBPF_CPU_BUILT");
+        if cpu == "v3" || cpu == "v4" {
+            assert!(
+                jmp32 * 20 > all,
+                "{cpu}: {jmp32} of {all} instructions are 32-bit jumps"
+            );
+        } else {
+            assert_eq!(jmp32, 0, "{cpu}: 32-bit jumps in a pre-v3 object");
+        }
+    }
+
     fn written(ct: CtTimeouts, from: u64) -> DpConfig {
         DpConfig {
             generation: 3,
