@@ -705,9 +705,9 @@ fn report(
          records, a flow key built only for the flow table, one counter update per \
          packet, the settings read without a map lookup, connection attempts judged by \
          the rules before connection tracking, both stages in one program, the BPF v3 \
-         instruction set) and what is left. Parsing alone measured 1.4-1.5x the floor while the stages were two \
-         programs (the last time it could be measured apart), which leaves the 2x \
-         target little room for the decision."
+         instruction set) and what is left. Parsing alone measured 1.4-1.5x the floor \
+         while the stages were two programs (the last time it could be measured apart), \
+         which leaves the 2x target little room for the decision."
     );
     s
 }

@@ -1190,7 +1190,8 @@ fn report(
          32768 frames, each CPU from a source port of its own so that no flow arrives on two \
          CPUs, as receive-side scaling would keep it), each to a destination drawn at random \
          from {DESTS} IPv4 + {DESTS} IPv6 addresses: *allow* = addresses in distinct \
-         random LPM entries of the policy that allow TCP/{PORT}, *deny* = addresses no entry covers. The gateway handles the frames \
+         random LPM entries of the policy that allow TCP/{PORT}, *deny* = addresses no \
+         entry covers. The gateway handles the frames \
          in the sending thread's softirq on the same CPU, and other processes may share the \
          CPUs, so the figures are *Mpps per CPU*: packets received on the gateway's veth per \
          CPU-second of the sending threads (schedstat; softirq work done in their context is \
